@@ -1,0 +1,3 @@
+//! One module per `flux` subcommand.
+
+pub mod proxy;

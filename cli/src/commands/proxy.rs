@@ -1,0 +1,109 @@
+//! `flux proxy`: runs the proxy until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use flux_proxy::{Proxy, ProxyConfig, Upstream};
+use tokio_util::sync::CancellationToken;
+
+/// Arguments of `flux proxy`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Address to accept PostgreSQL clients on.
+    #[arg(long, env = "FLUX_LISTEN", default_value = "127.0.0.1:6432")]
+    listen: SocketAddr,
+
+    /// The database, as postgres://[USER@]HOST[:PORT][/DB][?sslmode=…&sslrootcert=…].
+    /// Host and port say where to connect; user and database are defaults for clients that
+    /// send none (what a client asks for is used upstream). TLS to the database follows
+    /// sslmode (disable, allow, prefer [default], require, verify-ca, verify-full).
+    #[arg(long, env = "FLUX_UPSTREAM")]
+    upstream: String,
+
+    /// Directory for Flux's record (created if missing).
+    #[arg(long, env = "FLUX_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// PEM certificate chain for TLS with clients (with --tls-key). Without it, clients
+    /// asking for TLS are told the proxy does not offer it.
+    #[arg(long, env = "FLUX_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "FLUX_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// Largest protocol message accepted from a client or the server, in bytes.
+    #[arg(long, env = "FLUX_MAX_FRAME_SIZE", default_value_t = flux_proxy::frame::DEFAULT_MAX_FRAME)]
+    max_frame_size: usize,
+
+    /// Limit on connecting to the upstream (e.g. 5s).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, how long busy sessions get to reach an idle point (e.g. 10s).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_timeout: Duration,
+}
+
+/// Runs the proxy until a signal arrives, then closes sessions cleanly.
+pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    let upstream: Upstream = args
+        .upstream
+        .parse()
+        .with_context(|| "check --upstream / FLUX_UPSTREAM".to_string())?;
+    let mut config = ProxyConfig::new(args.listen, upstream);
+    config.max_frame_len = args.max_frame_size;
+    config.connect_timeout = args.connect_timeout;
+    config.shutdown_timeout = args.shutdown_timeout;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.client_tls =
+            Some(flux_proxy::client_tls_config(cert, key).context("loading --tls-cert/--tls-key")?);
+    }
+    if let Some(dir) = &args.data_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating data dir {}", dir.display()))?;
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let upstream_addr = config.upstream.addr();
+        let proxy = Proxy::bind(config, None).await?;
+        let addr = proxy.local_addr()?;
+        tracing::info!(upstream = %upstream_addr, "listening on {addr}");
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received");
+            signals.cancel();
+        });
+        proxy.run(shutdown).await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! `flux`: the command-line entry point. Parses arguments, wires the library crates
+//! together and renders; the logic lives in `flux-proxy` (and, later, `flux-store`).
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Flux: a PostgreSQL proxy that records what every request did, and the CLI that
+/// answers production questions from that record.
+#[derive(Debug, Parser)]
+#[command(name = "flux", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `flux_proxy=debug`.
+    #[arg(long, global = true, env = "FLUX_LOG", default_value = "info")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy in front of a PostgreSQL server.
+    Proxy(commands::proxy::ProxyArgs),
+}
+
+fn main() -> ExitCode {
+    // clap exits with status 2 on usage errors, 0 for --help/--version.
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Proxy(args) => commands::proxy::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(
+            std::env::var_os("NO_COLOR").is_none()
+                && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        )
+        .init();
+}

@@ -1,0 +1,215 @@
+//! The `flux` binary: flags, help, exit codes, readiness line, and clean shutdown on
+//! SIGINT/SIGTERM with sessions closed at an idle point.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flux_integration_tests::pg::{free_port, Options, PgCluster, DB, PASSWORD, USER};
+
+fn flux() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_flux"))
+}
+
+#[test]
+fn version_help_and_usage_errors() {
+    let out = flux().arg("--version").output().expect("run");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("flux {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = flux().arg("--help").output().expect("run");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("proxy"));
+    let out = flux().args(["proxy", "--help"]).output().expect("run");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--upstream",
+        "--data-dir",
+        "--tls-cert",
+        "--tls-key",
+        "FLUX_UPSTREAM",
+    ] {
+        assert!(help.contains(flag), "proxy --help lacks {flag}");
+    }
+    // Usage errors exit 2; a bad value is a usage error too.
+    for args in [
+        &["proxy"][..],
+        &["frobnicate"],
+        &["proxy", "--upstream", "x", "--listen", "nope"],
+    ] {
+        let out = flux()
+            .args(args)
+            .env_remove("FLUX_UPSTREAM")
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+    // A runtime failure exits 1 with a message saying what to fix.
+    let out = flux()
+        .args(["proxy", "--upstream", "http://nope"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--upstream"));
+}
+
+/// Starts `flux proxy` and waits for its `listening on` line.
+fn start_proxy(cmd: &mut Command, listen: &str) -> Child {
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn flux");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("flux printed `listening on` in time");
+        if line.contains(&format!("listening on {listen}")) {
+            break;
+        }
+    }
+    // Keep draining so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in rx {});
+    child
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("flux did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_then_exits_zero_on_sigterm_closing_sessions_cleanly() {
+    let pg = PgCluster::start(Options::default());
+    let data = tempfile::tempdir().expect("tmp");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut child = start_proxy(
+        flux()
+            .args([
+                "proxy",
+                "--listen",
+                &listen,
+                "--upstream",
+                &pg.url(),
+                "--data-dir",
+            ])
+            .arg(data.path().join("store")),
+        &listen,
+    );
+    let conn = format!(
+        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DB}",
+        &listen[10..]
+    );
+    // An idle session, watching how its connection ends.
+    let (idle, idle_conn) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let idle_end = tokio::spawn(idle_conn);
+    assert_eq!(
+        idle.query_one("select 1", &[])
+            .await
+            .expect("query")
+            .get::<_, i32>(0),
+        1
+    );
+    // A busy session, mid-statement when the signal arrives.
+    let busy = flux_integration_tests::pg::connect(&conn).await;
+    let busy_query = tokio::spawn(async move {
+        busy.query_one("select pg_sleep(1)::text", &[])
+            .await
+            .map(|_| ())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    signal(&child, "-TERM");
+    // The busy statement finishes: shutdown waits for an idle point.
+    busy_query
+        .await
+        .expect("task")
+        .expect("in-flight statement completes during shutdown");
+    // The idle session is told why it is closed.
+    let end = tokio::time::timeout(Duration::from_secs(5), idle_end)
+        .await
+        .expect("closed")
+        .expect("task");
+    let err = end.expect_err("connection closed by the proxy");
+    assert_eq!(
+        err.as_db_error().map(|e| e.code().code()),
+        Some("57P01"),
+        "{err}"
+    );
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    assert!(data.path().join("store").is_dir(), "--data-dir is created");
+    // The backends ended cleanly (Terminate), not by a dropped socket.
+    flux_integration_tests::eventually("backends to exit", Duration::from_secs(5), || {
+        pg.backends() == 0
+    })
+    .await;
+    assert!(
+        !pg.log().contains("unexpected EOF on client connection"),
+        "{}",
+        pg.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_from_environment_and_stops_on_sigint() {
+    let pg = PgCluster::start(Options::default());
+    let data = tempfile::tempdir().expect("tmp");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut child = start_proxy(
+        flux()
+            .arg("proxy")
+            .env("FLUX_LISTEN", &listen)
+            .env("FLUX_UPSTREAM", pg.url())
+            .env("FLUX_DATA_DIR", data.path()),
+        &listen,
+    );
+    let conn = format!(
+        "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={DB}",
+        &listen[10..]
+    );
+    let client = flux_integration_tests::pg::connect(&conn).await;
+    assert_eq!(
+        client
+            .query_one("select 41 + 1", &[])
+            .await
+            .expect("query")
+            .get::<_, i32>(0),
+        42
+    );
+    signal(&child, "-INT");
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(10)).code(),
+        Some(0)
+    );
+}
