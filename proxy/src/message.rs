@@ -185,9 +185,13 @@ pub fn error_fields(frame: &[u8]) -> Result<ErrorFields, Malformed> {
     Ok(out)
 }
 
-/// The command tag of a `CommandComplete` frame.
-pub fn command_tag(frame: &Bytes) -> Result<Bytes, Malformed> {
-    Cursor::new(frame, "CommandComplete").cstr()
+/// The command tag of a `CommandComplete` frame (header included).
+pub fn command_tag(frame: &[u8]) -> Result<&[u8], Malformed> {
+    let body = frame.get(crate::frame::HEADER_LEN..).unwrap_or_default();
+    let nul = body.iter().position(|&b| b == 0).ok_or(Malformed {
+        what: "CommandComplete",
+    })?;
+    Ok(&body[..nul])
 }
 
 /// SQLSTATE codes the proxy itself sends.

@@ -85,6 +85,8 @@ pub struct Completion {
 /// The per-connection request FIFO and the protocol state it depends on.
 #[derive(Debug)]
 pub struct Pipeline {
+    /// Whether completions are reported (capture on); otherwise only the bookkeeping runs.
+    track: bool,
     queue: VecDeque<Request>,
     skip_until_sync: bool,
     copy_in: bool,
@@ -94,14 +96,16 @@ pub struct Pipeline {
 
 impl Default for Pipeline {
     fn default() -> Self {
-        Self::new()
+        Self::new(true)
     }
 }
 
 impl Pipeline {
     /// An empty FIFO for a session that just received its first `ReadyForQuery`.
-    pub fn new() -> Self {
+    /// With `track`, [`on_backend`](Self::on_backend) reports completed statements.
+    pub fn new(track: bool) -> Self {
         Self {
+            track,
             queue: VecDeque::new(),
             skip_until_sync: false,
             copy_in: false,
@@ -137,9 +141,10 @@ impl Pipeline {
         }
     }
 
-    /// Updates the FIFO for a backend message. Returns a completion when the message
-    /// finishes a statement (`CommandComplete`, `EmptyQueryResponse`, `ErrorResponse`).
-    pub fn on_backend(&mut self, msg_tag: u8, frame: &Bytes) -> Option<Completion> {
+    /// Updates the FIFO for a backend message (`frame` is the whole message, header
+    /// included). When tracking, returns a completion for a message that finishes a
+    /// statement (`CommandComplete`, `EmptyQueryResponse`, `ErrorResponse`).
+    pub fn on_backend(&mut self, msg_tag: u8, frame: &[u8]) -> Option<Completion> {
         match msg_tag {
             bt::PARSE_COMPLETE | bt::BIND_COMPLETE | bt::CLOSE_COMPLETE | bt::NO_DATA => {
                 self.pop_front();
@@ -152,8 +157,12 @@ impl Pipeline {
                 None
             }
             bt::COMMAND_COMPLETE | bt::EMPTY_QUERY_RESPONSE => {
-                let tag = (msg_tag == bt::COMMAND_COMPLETE)
-                    .then(|| crate::message::command_tag(frame).ok())
+                let tag = (self.track && msg_tag == bt::COMMAND_COMPLETE)
+                    .then(|| {
+                        crate::message::command_tag(frame)
+                            .ok()
+                            .map(Bytes::copy_from_slice)
+                    })
                     .flatten();
                 self.complete(tag, None)
             }
@@ -188,6 +197,12 @@ impl Pipeline {
     }
 
     fn complete(&mut self, tag: Option<Bytes>, error: Option<Bytes>) -> Option<Completion> {
+        if !self.track {
+            if matches!(self.front(), Some(Request::Execute(_))) {
+                self.queue.pop_front();
+            }
+            return None;
+        }
         match self.front() {
             Some(Request::Execute(_)) => match self.queue.pop_front() {
                 Some(Request::Execute(statement)) => Some(Completion {
@@ -207,11 +222,12 @@ impl Pipeline {
         }
     }
 
-    fn on_error(&mut self, frame: &Bytes) -> Option<Completion> {
+    fn on_error(&mut self, frame: &[u8]) -> Option<Completion> {
         self.copy_in = false;
         let extended = self.front().is_some_and(Request::is_extended);
-        let mut completion = self.complete(None, Some(frame.clone()));
-        if extended && completion.is_none() {
+        let error = self.track.then(|| Bytes::copy_from_slice(frame));
+        let mut completion = self.complete(None, error.clone());
+        if let (true, None, Some(error)) = (extended, &completion, error) {
             // A Parse or Bind failed: the statement that fails is the Execute it prepared.
             completion = self
                 .queue
@@ -221,7 +237,7 @@ impl Pipeline {
                     Request::Execute(statement) => Some(Completion {
                         statement: statement.clone(),
                         tag: None,
-                        error: Some(frame.clone()),
+                        error: Some(error.clone()),
                     }),
                     _ => None,
                 });
@@ -329,6 +345,22 @@ mod tests {
         });
     }
 
+    #[test]
+    fn untracked_fifo_keeps_books_without_reporting() {
+        let mut p = Pipeline::new(false);
+        send(&mut p, tag::PARSE, "a");
+        send(&mut p, tag::BIND, "a");
+        send(&mut p, tag::EXECUTE, "a");
+        send(&mut p, tag::SYNC, "");
+        recv(&mut p, bt::PARSE_COMPLETE, b"");
+        recv(&mut p, bt::BIND_COMPLETE, b"");
+        assert!(recv(&mut p, bt::COMMAND_COMPLETE, b"SELECT 1\0").is_none());
+        assert_eq!(p.in_flight(), 1);
+        recv(&mut p, bt::READY_FOR_QUERY, b"I");
+        assert!(p.is_idle());
+        assert_eq!(p.desyncs(), 0);
+    }
+
     fn recv(p: &mut Pipeline, t: u8, body: &[u8]) -> Option<String> {
         p.on_backend(t, &frame(t, body)).map(|c| {
             let sql = String::from_utf8_lossy(c.statement.sql.as_deref().unwrap_or_default())
@@ -343,7 +375,7 @@ mod tests {
 
     #[test]
     fn pipelined_executes_complete_in_order() {
-        let mut p = Pipeline::new();
+        let mut p = Pipeline::new(true);
         for sql in ["a", "b", "c"] {
             send(&mut p, tag::PARSE, sql);
             send(&mut p, tag::BIND, sql);
@@ -365,7 +397,7 @@ mod tests {
 
     #[test]
     fn error_skips_to_sync_including_later_messages() {
-        let mut p = Pipeline::new();
+        let mut p = Pipeline::new(true);
         send(&mut p, tag::PARSE, "bad");
         send(&mut p, tag::BIND, "bad");
         send(&mut p, tag::EXECUTE, "bad");
@@ -389,7 +421,7 @@ mod tests {
     #[test]
     fn copy_in_ignores_syncs_sent_during_copy() {
         // tokio-postgres: Bind, Execute, Sync, CopyData…, CopyDone, Sync.
-        let mut p = Pipeline::new();
+        let mut p = Pipeline::new(true);
         send(&mut p, tag::BIND, "");
         send(&mut p, tag::EXECUTE, "copy");
         send(&mut p, tag::SYNC, "");
@@ -409,7 +441,7 @@ mod tests {
 
     #[test]
     fn copy_ended_by_client_before_server_entered_copy_mode() {
-        let mut p = Pipeline::new();
+        let mut p = Pipeline::new(true);
         send(&mut p, tag::BIND, "");
         send(&mut p, tag::EXECUTE, "copy");
         send(&mut p, tag::SYNC, "");
@@ -425,7 +457,7 @@ mod tests {
 
     #[test]
     fn simple_multi_statement_query_reports_each_statement() {
-        let mut p = Pipeline::new();
+        let mut p = Pipeline::new(true);
         send(&mut p, tag::QUERY, "select 1; select 1/0");
         assert!(recv(&mut p, bt::ROW_DESCRIPTION, b"").is_none());
         assert!(recv(&mut p, bt::COMMAND_COMPLETE, b"SELECT 1\0").is_some());
@@ -438,7 +470,7 @@ mod tests {
     #[test]
     fn describe_and_flush_without_sync() {
         // asyncpg: Parse, Describe, Flush — and waits.
-        let mut p = Pipeline::new();
+        let mut p = Pipeline::new(true);
         send(&mut p, tag::PARSE, "");
         send(&mut p, tag::DESCRIBE, "");
         send(&mut p, tag::FLUSH, "");

@@ -1,9 +1,12 @@
 //! The listener: accepts connections, runs one task per session, shuts down cleanly.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::task::AtomicWaker;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -114,8 +117,83 @@ pub(crate) struct Shared {
     pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
     pub sink: Option<Arc<dyn EventSink>>,
     pub stats: Arc<Stats>,
-    pub shutdown: CancellationToken,
+    pub shutdown: Shutdown,
     pub channel_binding_hint: Arc<str>,
+}
+
+/// Tells sessions to close at their next idle point.
+///
+/// Every session polls its signal on each wakeup, so polling must cost no more than an
+/// atomic load and a waker registration; a shared `CancellationToken` takes a mutex
+/// shared by all sessions on every poll. Sessions register here on start; the registry's
+/// lock is taken only when a session starts or ends, and once at shutdown.
+#[derive(Default)]
+pub(crate) struct Shutdown {
+    started: AtomicBool,
+    sessions: Mutex<HashMap<u64, Arc<SignalState>>>,
+    next: AtomicU64,
+}
+
+#[derive(Default)]
+struct SignalState {
+    requested: AtomicBool,
+    waker: AtomicWaker,
+}
+
+/// One session's view of [`Shutdown`]; deregisters on drop.
+pub(crate) struct ShutdownSignal<'a> {
+    owner: &'a Shutdown,
+    id: u64,
+    state: Arc<SignalState>,
+}
+
+impl Shutdown {
+    pub(crate) fn register(&self) -> ShutdownSignal<'_> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(SignalState::default());
+        self.lock().insert(id, state.clone());
+        // A session registering after shutdown began must still see it.
+        if self.started.load(Ordering::Acquire) {
+            state.requested.store(true, Ordering::Release);
+        }
+        ShutdownSignal {
+            owner: self,
+            id,
+            state,
+        }
+    }
+
+    fn trigger(&self) {
+        self.started.store(true, Ordering::Release);
+        for state in self.lock().values() {
+            state.requested.store(true, Ordering::Release);
+            state.waker.wake();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<SignalState>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ShutdownSignal<'_> {
+    /// Resolves once shutdown has been requested.
+    pub(crate) fn requested(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            self.state.waker.register(cx.waker());
+            if self.state.requested.load(Ordering::Acquire) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+    }
+}
+
+impl Drop for ShutdownSignal<'_> {
+    fn drop(&mut self) {
+        self.owner.lock().remove(&self.id);
+    }
 }
 
 /// A bound proxy, ready to run.
@@ -153,7 +231,7 @@ impl Proxy {
             upstream_tls,
             sink,
             stats: Arc::default(),
-            shutdown: CancellationToken::new(),
+            shutdown: Shutdown::default(),
             channel_binding_hint,
             config,
         });
@@ -205,7 +283,7 @@ impl Proxy {
             open,
             "shutting down: closing sessions at their next idle point"
         );
-        self.shared.shutdown.cancel();
+        self.shared.shutdown.trigger();
         tracker.close();
         tracker.wait().await;
     }

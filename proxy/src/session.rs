@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -23,7 +23,7 @@ use crate::capture::{CaptureEvent, SessionId};
 use crate::frame::{FrameCursor, FrameError, Next};
 use crate::message::{self, backend_tag as bt, sqlstate, tag};
 use crate::pipeline::{Completion, Pipeline, Request, Statement};
-use crate::server::Shared;
+use crate::server::{Shared, ShutdownSignal};
 use crate::startup::{self, AuthOutcome, Opening};
 use crate::stream::{ReadHalf, Stream, WriteHalf};
 use crate::upstream::UpstreamError;
@@ -271,7 +271,7 @@ async fn serve(
         });
     }
     let relay = Mutex::new(Relay {
-        pipeline: Pipeline::new(),
+        pipeline: Pipeline::new(shared.sink.is_some()),
         writing_up: false,
         writing_down: false,
         closing: false,
@@ -281,8 +281,11 @@ async fn serve(
         let (mut srd, mut swr) = server.split();
         let up = client_to_server(&mut crd, &mut swr, &relay, shared);
         let down = server_to_client(&mut srd, &mut cwr, &relay, id, shared);
-        let shutdown = shutdown_point(&relay, shared);
+        let signal = shared.shutdown.register();
+        let shutdown = shutdown_point(&relay, shared, &signal);
         tokio::select! {
+            // Polled in order: the relay first, the (rarely ready) shutdown point last.
+            biased;
             r = up => r,
             r = down => r,
             end = shutdown => Ok(end),
@@ -341,15 +344,16 @@ fn server_streamable(t: u8) -> bool {
 /// Where complete frames sit in a chunk: `(tag, offset, size)`.
 type FrameIndex = Vec<(u8, usize, usize)>;
 
-/// Splits what `buf` holds into a chunk to forward and the frames in it. Returns the
-/// chunk (possibly empty) and how many more bytes the next frame needs.
-fn take_chunk(
-    buf: &mut BytesMut,
+/// Finds the complete frames (and streamed pieces) at the front of `buf`. Returns how
+/// many bytes they span, which the caller forwards, and how many more bytes the next
+/// frame needs.
+fn scan(
+    buf: &[u8],
     cursor: &mut FrameCursor,
     frames: &mut FrameIndex,
     streamable: fn(u8) -> bool,
     stop_after: Option<u8>,
-) -> Result<(Bytes, usize), FrameError> {
+) -> Result<(usize, usize), FrameError> {
     frames.clear();
     let mut end = 0;
     let want = loop {
@@ -365,7 +369,7 @@ fn take_chunk(
             Next::NeedMore { want } => break want,
         }
     };
-    Ok((buf.split_to(end).freeze(), want))
+    Ok((end, want))
 }
 
 async fn read_more(rd: &mut ReadHalf<'_>, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
@@ -397,8 +401,8 @@ async fn client_to_server(
             }
             return Err(SessionError::ClientFrame(FrameError::Truncated));
         }
-        let (chunk, need) = take_chunk(
-            &mut buf,
+        let (end, need) = scan(
+            &buf,
             &mut cursor,
             &mut frames,
             client_streamable,
@@ -406,23 +410,27 @@ async fn client_to_server(
         )
         .map_err(SessionError::ClientFrame)?;
         want = need;
-        if chunk.is_empty() {
+        if end == 0 {
             continue;
         }
+        let chunk = &buf[..end];
         {
             let mut r = lock(relay);
             if r.closing {
                 return Ok(RelayEnd::Shutdown { idle: false });
             }
             for &(t, at, size) in &frames {
-                r.pipeline.on_frontend(t, || {
-                    request_for(t, &chunk.slice(at..at + size), names.as_mut())
-                });
+                // SQL text outlives the read buffer (named statements), so it is copied,
+                // and only when capture tracks it.
+                let frame = || Bytes::copy_from_slice(&chunk[at..at + size]);
+                r.pipeline
+                    .on_frontend(t, || request_for(t, frame, names.as_mut()));
             }
             r.writing_up = true;
         }
-        wr.write_all(&chunk).await.map_err(SessionError::ServerIo)?;
+        wr.write_all(chunk).await.map_err(SessionError::ServerIo)?;
         wr.flush().await.map_err(SessionError::ServerIo)?;
+        buf.advance(end);
         lock(relay).writing_up = false;
         if frames.last().is_some_and(|&(t, _, _)| t == tag::TERMINATE) {
             return Ok(RelayEnd::ClientTerminated);
@@ -431,35 +439,57 @@ async fn client_to_server(
 }
 
 /// The FIFO entry for a frontend message (`None` for messages that expect no answer).
-fn request_for(t: u8, frame: &Bytes, names: Option<&mut SqlNames>) -> Option<Request> {
-    let statement = |sql: Option<Bytes>| Statement {
-        started: sql.is_some().then(Instant::now),
+/// Frames are decoded only when `names` is tracked (capture on); otherwise this is a
+/// match on the tag and nothing more.
+fn request_for(
+    t: u8,
+    frame: impl FnOnce() -> Bytes,
+    names: Option<&mut SqlNames>,
+) -> Option<Request> {
+    let Some(names) = names else {
+        let untracked = || Statement {
+            sql: None,
+            started: None,
+        };
+        return match t {
+            tag::QUERY => Some(Request::Query(untracked())),
+            tag::EXECUTE => Some(Request::Execute(untracked())),
+            tag::PARSE => Some(Request::Parse),
+            tag::BIND => Some(Request::Bind),
+            tag::CLOSE => Some(Request::Close),
+            tag::DESCRIBE => Some(Request::Describe),
+            tag::FUNCTION_CALL => Some(Request::FunctionCall),
+            _ => None,
+        };
+    };
+    let tracked = |sql: Option<Bytes>| Statement {
+        started: Some(Instant::now()),
         sql,
     };
     match t {
-        tag::QUERY => Some(Request::Query(statement(
-            names.and_then(|_| message::query_sql(frame).ok()),
-        ))),
+        tag::QUERY => Some(Request::Query(tracked(message::query_sql(&frame()).ok()))),
         tag::PARSE => {
-            if let (Some(names), Ok((name, sql))) = (names, message::parse_message(frame)) {
+            if let Ok((name, sql)) = message::parse_message(&frame()) {
                 names.statements.insert(name, sql);
             }
             Some(Request::Parse)
         }
         tag::BIND => {
-            if let (Some(names), Ok((portal, stmt))) = (names, message::bind_names(frame)) {
+            if let Ok((portal, stmt)) = message::bind_names(&frame()) {
                 if let Some(sql) = names.statements.get(&stmt).cloned() {
                     names.portals.insert(portal, sql);
                 }
             }
             Some(Request::Bind)
         }
-        tag::EXECUTE => Some(Request::Execute(statement(names.and_then(|names| {
-            let portal = message::execute_portal(frame).ok()?;
-            names.portals.get(&portal).cloned()
-        })))),
+        tag::EXECUTE => {
+            let sql = message::execute_portal(&frame())
+                .ok()
+                .and_then(|portal| names.portals.get(&portal).cloned());
+            Some(Request::Execute(tracked(sql)))
+        }
         tag::CLOSE => {
-            if let (Some(names), Ok((kind, name))) = (names, message::target(frame)) {
+            if let Ok((kind, name)) = message::target(&frame()) {
                 if kind == b'S' {
                     names.statements.remove(&name);
                 } else {
@@ -503,34 +533,34 @@ async fn server_to_client(
                 RelayEnd::ServerClosed
             });
         }
-        let (chunk, need) = take_chunk(&mut buf, &mut cursor, &mut frames, server_streamable, None)
+        let (end, need) = scan(&buf, &mut cursor, &mut frames, server_streamable, None)
             .map_err(SessionError::ServerFrame)?;
         want = need;
-        if chunk.is_empty() {
+        if end == 0 {
             continue;
         }
+        let chunk = &buf[..end];
         {
             let mut r = lock(relay);
             if r.closing {
                 return Ok(RelayEnd::Shutdown { idle: false });
             }
             for &(t, at, size) in &frames {
-                let frame = chunk.slice(at..at + size);
+                let frame = &chunk[at..at + size];
                 if t == bt::ERROR_RESPONSE
-                    && message::error_fields(&frame).is_ok_and(|e| e.is_fatal())
+                    && message::error_fields(frame).is_ok_and(|e| e.is_fatal())
                 {
                     server_said_fatal = true;
                 }
-                if let Some(done) = r.pipeline.on_backend(t, &frame) {
-                    if shared.sink.is_some() {
-                        completions.push(done);
-                    }
+                if let Some(done) = r.pipeline.on_backend(t, frame) {
+                    completions.push(done);
                 }
             }
             r.writing_down = true;
         }
-        wr.write_all(&chunk).await.map_err(SessionError::ClientIo)?;
+        wr.write_all(chunk).await.map_err(SessionError::ClientIo)?;
         wr.flush().await.map_err(SessionError::ClientIo)?;
+        buf.advance(end);
         lock(relay).writing_down = false;
         if let Some(sink) = &shared.sink {
             for done in completions.drain(..) {
@@ -565,8 +595,12 @@ fn statement_event(session: SessionId, done: Completion) -> CaptureEvent {
 /// Resolves when the proxy is shutting down and this session may close: at once when
 /// idle (nothing in flight, no open transaction, no write half-done), else as soon as it
 /// becomes idle, or when the grace period ends.
-async fn shutdown_point(relay: &Mutex<Relay>, shared: &Shared) -> RelayEnd {
-    shared.shutdown.cancelled().await;
+async fn shutdown_point(
+    relay: &Mutex<Relay>,
+    shared: &Shared,
+    signal: &ShutdownSignal<'_>,
+) -> RelayEnd {
+    signal.requested().await;
     let deadline = tokio::time::Instant::now() + shared.config.shutdown_timeout;
     loop {
         {
