@@ -7,6 +7,8 @@
 #   ROUNDS=5 DURATION=15 CLIENTS=8 THREADS=2 SCALE=10 MODE=extended
 #   FLUX_PG_BIN=/usr/lib/postgresql/15/bin  CARGO_TARGET_DIR=/var/tmp/flux-target
 #   FLUX_ARGS="..."   extra arguments for `flux proxy`
+#   UNIX=1            also measure flux-unix: flux reaching PostgreSQL over its Unix socket
+#                     (the sidecar-on-the-database-host layout; direct and pgbouncer stay on TCP)
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
@@ -58,6 +60,14 @@ pids+=($!)
 
 targets=(direct flux)
 declare -A port=([direct]=$PG_PORT [flux]=$FLUX_PORT)
+if [ "${UNIX:-}" = 1 ]; then
+  FLUX_UNIX_PORT=$(free_port)
+  "$FLUX" proxy --listen "127.0.0.1:$FLUX_UNIX_PORT" --upstream "postgres:///postgres?host=$work&port=$PG_PORT" \
+    --data-dir "$work/flux-unix" $FLUX_ARGS 2>"$work/flux-unix.log" &
+  pids+=($!)
+  targets+=(flux-unix)
+  port[flux-unix]=$FLUX_UNIX_PORT
+fi
 if command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]; then
   PGB_PORT=$(free_port)
   cat >"$work/pgbouncer.ini" <<INI

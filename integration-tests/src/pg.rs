@@ -299,6 +299,11 @@ impl PgCluster {
         }
     }
 
+    /// The directory holding the server's Unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
@@ -435,7 +440,7 @@ impl PgCluster {
 pub async fn connect(conn_str: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(conn_str, tokio_postgres::NoTls)
         .await
-        .unwrap_or_else(|e| panic!("connect {conn_str}: {e}"));
+        .unwrap_or_else(|e| panic!("connect {conn_str}: {e:?}"));
     tokio::spawn(async move {
         let _ = conn.await;
     });

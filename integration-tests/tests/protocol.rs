@@ -450,3 +450,37 @@ async fn protocol_3_2_negotiation_passes_through() {
     assert_eq!(tags(&c.until_ready(1).await), "TDCZ");
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_over_a_unix_socket() {
+    let pg = PgCluster::start(Options::default());
+    let url = format!(
+        "postgres:///{DB}?host={}&port={}",
+        pg.socket_dir().display(),
+        pg.port
+    );
+    let proxy = TestProxy::start_with(url.parse().expect("url"), |_| {}).await;
+    let client = proxy.connect().await;
+    // On a Unix-socket connection the server has no inet address.
+    let row = client
+        .query_one("select inet_server_addr() is null, current_user::text", &[])
+        .await
+        .expect("query through the socket");
+    assert!(row.get::<_, bool>(0));
+    assert_eq!(row.get::<_, String>(1), USER);
+    // Cancel is forwarded over the socket too.
+    let token = client.cancel_token();
+    let sleeper = tokio::spawn(async move { client.batch_execute("select pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel");
+    let err = tokio::time::timeout(Duration::from_secs(5), sleeper)
+        .await
+        .expect("cancelled in time")
+        .expect("task")
+        .expect_err("cancelled");
+    assert_eq!(err.code().map(|c| c.code()), Some("57014"));
+    proxy.stop().await;
+}

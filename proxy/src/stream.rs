@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 /// One leg of a session: the client's connection or the upstream's.
 #[allow(clippy::large_enum_variant)]
@@ -14,6 +14,8 @@ pub enum Stream {
     Plain(TcpStream),
     /// TLS over TCP (either side of the handshake).
     Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+    /// A Unix-domain socket (an upstream on the same host).
+    Unix(UnixStream),
 }
 
 impl Stream {
@@ -33,6 +35,10 @@ impl Stream {
                 let (r, w) = tokio::io::split(&mut **s);
                 (ReadHalf::Tls(r), WriteHalf::Tls(w))
             }
+            Stream::Unix(s) => {
+                let (r, w) = s.split();
+                (ReadHalf::Unix(r), WriteHalf::Unix(w))
+            }
         }
     }
 }
@@ -43,6 +49,8 @@ pub enum ReadHalf<'a> {
     Plain(tokio::net::tcp::ReadHalf<'a>),
     /// TLS.
     Tls(tokio::io::ReadHalf<&'a mut tokio_rustls::TlsStream<TcpStream>>),
+    /// Unix socket.
+    Unix(tokio::net::unix::ReadHalf<'a>),
 }
 
 /// The write half of a [`Stream`].
@@ -51,6 +59,8 @@ pub enum WriteHalf<'a> {
     Plain(tokio::net::tcp::WriteHalf<'a>),
     /// TLS.
     Tls(tokio::io::WriteHalf<&'a mut tokio_rustls::TlsStream<TcpStream>>),
+    /// Unix socket.
+    Unix(tokio::net::unix::WriteHalf<'a>),
 }
 
 macro_rules! delegate_read {
@@ -87,7 +97,12 @@ macro_rules! delegate_write {
     };
 }
 
-delegate_read!(Stream, Stream::Plain, Stream::Tls);
-delegate_write!(Stream, Stream::Plain, Stream::Tls);
-delegate_read!(ReadHalf<'_>, ReadHalf::Plain, ReadHalf::Tls);
-delegate_write!(WriteHalf<'_>, WriteHalf::Plain, WriteHalf::Tls);
+delegate_read!(Stream, Stream::Plain, Stream::Tls, Stream::Unix);
+delegate_write!(Stream, Stream::Plain, Stream::Tls, Stream::Unix);
+delegate_read!(ReadHalf<'_>, ReadHalf::Plain, ReadHalf::Tls, ReadHalf::Unix);
+delegate_write!(
+    WriteHalf<'_>,
+    WriteHalf::Plain,
+    WriteHalf::Tls,
+    WriteHalf::Unix
+);

@@ -75,7 +75,8 @@ pub enum UpstreamError {
 /// user and database a client asks for win over the URL's.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    /// Host name or IP address.
+    /// Host name or IP address, or (starting with `/`) the directory of a Unix socket,
+    /// as libpq has it (`postgres:///app?host=/var/run/postgresql`).
     pub host: String,
     /// TCP port.
     pub port: u16,
@@ -114,8 +115,16 @@ impl FromStr for Upstream {
         let database = Some(decode(url.path().trim_start_matches('/'))).filter(|d| !d.is_empty());
         let mut sslmode = SslMode::Prefer;
         let mut sslrootcert = None;
+        let mut host = host;
+        let mut port = url.port().unwrap_or(5432);
         for (k, v) in url.query_pairs() {
             match &*k {
+                "host" => host = v.into_owned(),
+                "port" => {
+                    port = v.parse().map_err(|_| {
+                        UpstreamError::Url(format!("{s}: port {v:?} is not a number"))
+                    })?
+                }
                 "sslmode" => sslmode = v.parse()?,
                 "sslrootcert" => sslrootcert = Some(PathBuf::from(&*v)),
                 _ => {}
@@ -128,7 +137,7 @@ impl FromStr for Upstream {
         }
         Ok(Upstream {
             host,
-            port: url.port().unwrap_or(5432),
+            port,
             user,
             database,
             sslmode,
@@ -138,8 +147,18 @@ impl FromStr for Upstream {
 }
 
 impl Upstream {
-    /// `host:port`, for messages.
+    /// The Unix socket path, when the host is a directory.
+    pub fn socket_path(&self) -> Option<PathBuf> {
+        self.host
+            .starts_with('/')
+            .then(|| PathBuf::from(&self.host).join(format!(".s.PGSQL.{}", self.port)))
+    }
+
+    /// `host:port` (or the socket path), for messages.
     pub fn addr(&self) -> String {
+        if let Some(path) = self.socket_path() {
+            return path.display().to_string();
+        }
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
@@ -147,8 +166,12 @@ impl Upstream {
         }
     }
 
-    /// Builds the TLS client configuration this upstream needs (`None` for `disable`).
+    /// Builds the TLS client configuration this upstream needs (`None` for `disable`,
+    /// and for Unix sockets, which PostgreSQL never encrypts).
     pub fn tls_config(&self) -> Result<Option<Arc<rustls::ClientConfig>>, UpstreamError> {
+        if self.socket_path().is_some() {
+            return Ok(None);
+        }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -211,6 +234,13 @@ impl Upstream {
             addr: addr.clone(),
             reason,
         };
+        if let Some(path) = self.socket_path() {
+            let unix = tokio::time::timeout(timeout, tokio::net::UnixStream::connect(&path))
+                .await
+                .map_err(|_| connect_err(format!("timed out after {timeout:?}")))?
+                .map_err(|e| connect_err(e.to_string()))?;
+            return Ok(Stream::Unix(unix));
+        }
         let mut tcp =
             tokio::time::timeout(timeout, TcpStream::connect((self.host.as_str(), self.port)))
                 .await
@@ -373,6 +403,12 @@ mod tests {
             ("::1", Some("a@b"), Some("d b"))
         );
         assert_eq!(u.addr(), "[::1]:5");
+        let u: Upstream = "postgres:///app?host=/var/run/postgresql&port=5433"
+            .parse()
+            .unwrap();
+        assert_eq!(u.addr(), "/var/run/postgresql/.s.PGSQL.5433");
+        assert_eq!(u.database.as_deref(), Some("app"));
+        assert!(u.tls_config().unwrap().is_none());
         assert!("http://x".parse::<Upstream>().is_err());
         assert!("postgres://x/?sslmode=maybe".parse::<Upstream>().is_err());
     }
