@@ -167,6 +167,21 @@ fn check(what: &str, out: std::io::Result<Output>) -> Output {
     out
 }
 
+/// A temp dir the server's OS user owns (PostgreSQL refuses a data dir it cannot own).
+fn server_owned_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("flux-pg-")
+        .tempdir()
+        .expect("temp dir");
+    if let Some(user) = run_as() {
+        check(
+            "chown",
+            Command::new("chown").arg(user).arg(dir.path()).output(),
+        );
+    }
+    dir
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; callers retry on a lost race).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -187,16 +202,7 @@ impl PgCluster {
 
     /// Creates a cluster without starting it.
     fn init(opts: &Options) -> PgCluster {
-        let dir = tempfile::Builder::new()
-            .prefix("flux-pg-")
-            .tempdir()
-            .expect("temp dir");
-        if let Some(user) = run_as() {
-            check(
-                "chown",
-                Command::new("chown").arg(user).arg(dir.path()).output(),
-            );
-        }
+        let dir = server_owned_tempdir();
         let bin = bin_dir();
         let data = dir.path().join("data");
         check(
@@ -269,16 +275,7 @@ impl PgCluster {
     /// Copies this (stopped) cluster's data into a new one: same catalog, same OIDs.
     pub fn clone_stopped(&self) -> PgCluster {
         assert!(!self.running, "clone_stopped needs a stopped cluster");
-        let dir = tempfile::Builder::new()
-            .prefix("flux-pg-")
-            .tempdir()
-            .expect("temp dir");
-        if let Some(user) = run_as() {
-            check(
-                "chown",
-                Command::new("chown").arg(user).arg(dir.path()).output(),
-            );
-        }
+        let dir = server_owned_tempdir();
         check(
             "copy data dir",
             Command::new("cp")

@@ -221,10 +221,15 @@ pub fn error_response(severity: &str, code: &str, message: &str) -> Bytes {
         body.put_u8(0);
     }
     body.put_u8(0);
-    let mut out = BytesMut::with_capacity(body.len() + 5);
-    out.put_u8(backend_tag::ERROR_RESPONSE);
+    encode(backend_tag::ERROR_RESPONSE, &body)
+}
+
+/// Frames `body` as a message of type `tag` (header included).
+pub fn encode(tag: u8, body: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(body.len() + crate::frame::HEADER_LEN);
+    out.put_u8(tag);
     out.put_i32(body.len() as i32 + 4);
-    out.put_slice(&body);
+    out.put_slice(body);
     out.freeze()
 }
 
@@ -243,10 +248,7 @@ mod tests {
     use super::*;
 
     fn frame(tag: u8, body: &[u8]) -> Bytes {
-        let mut v = vec![tag];
-        v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        v.extend_from_slice(body);
-        Bytes::from(v)
+        encode(tag, body)
     }
 
     #[test]

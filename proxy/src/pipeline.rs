@@ -320,10 +320,7 @@ mod tests {
     use super::*;
 
     fn frame(tag: u8, body: &[u8]) -> Bytes {
-        let mut v = vec![tag];
-        v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        v.extend_from_slice(body);
-        Bytes::from(v)
+        crate::message::encode(tag, body)
     }
 
     fn stmt(sql: &'static str) -> Statement {

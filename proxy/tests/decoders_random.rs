@@ -40,11 +40,7 @@ impl Rng {
 
 /// A frame with a plausible header and a random body, so decoders see real tags.
 fn framed(rng: &mut Rng, tag: u8) -> Bytes {
-    let body = rng.bytes(40);
-    let mut v = vec![tag];
-    v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    v.extend_from_slice(&body);
-    Bytes::from(v)
+    message::encode(tag, &rng.bytes(40))
 }
 
 #[test]

@@ -1,0 +1,457 @@
+//! The RocksDB layout (DESIGN §4): column families with order-preserving keys, compact
+//! postcard values, row images kept as the JSON PostgreSQL produced.
+//!
+//! | family | key | value |
+//! |---|---|---|
+//! | `meta` | name | schema version, next sequence number |
+//! | `mutations` | table, key marker, key parts…, at, seq | [`Mutation`] |
+//! | `mutations_by_request` | request, seq | key in `mutations` |
+//! | `tx` | boot, session, n, seq | [`TxRecord`] |
+//! | `gaps` | at, seq | [`Gap`] |
+//! | `requests`, `requests_by_time`, `spans`, `statements` | (request record; later) | |
+//!
+//! One process owns a data dir (the daemon, as primary); the CLI opens it as a RocksDB
+//! secondary, which reads a live store without taking its lock.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
+
+use crate::keys;
+use crate::model::{Gap, Mutation, Nanos, Record, TxEvent, TxId, TxRecord};
+
+/// The layout version this code reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const META: &str = "meta";
+const MUTATIONS: &str = "mutations";
+const MUTATIONS_BY_REQUEST: &str = "mutations_by_request";
+const TX: &str = "tx";
+const GAPS: &str = "gaps";
+/// Every column family, including those later issues fill (request record, spans).
+const FAMILIES: [&str; 9] = [
+    META,
+    "requests",
+    "requests_by_time",
+    "spans",
+    "statements",
+    MUTATIONS,
+    MUTATIONS_BY_REQUEST,
+    TX,
+    GAPS,
+];
+
+const KEY_SCHEMA_VERSION: &[u8] = b"schema_version";
+const KEY_NEXT_SEQ: &[u8] = b"next_seq";
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// RocksDB reported an error.
+    #[error("store {path}: {source}")]
+    Rocks {
+        /// The data dir.
+        path: PathBuf,
+        /// The error.
+        source: rocksdb::Error,
+    },
+    /// The data dir was written by another layout version.
+    #[error("store {path} has schema version {found}, this flux reads version {SCHEMA_VERSION}: use the flux that wrote it, or a new --data-dir")]
+    Schema {
+        /// The data dir.
+        path: PathBuf,
+        /// What it holds.
+        found: u32,
+    },
+    /// A stored value could not be decoded.
+    #[error("store {path}: corrupt {what} record")]
+    Corrupt {
+        /// The data dir.
+        path: PathBuf,
+        /// Which kind of record.
+        what: &'static str,
+    },
+    /// Opening a reader needs a scratch directory.
+    #[error("store {path}: {source}")]
+    Io {
+        /// The data dir.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The writer has stopped.
+    #[error("the store writer has stopped")]
+    WriterGone,
+}
+
+/// An open data dir.
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+    /// The last sequence number used (persisted in `meta` with every batch).
+    next_seq: AtomicU64,
+    /// Serialises [`write`](Self::write): sequence numbers and the persisted counter must
+    /// advance together, whoever calls it.
+    write_lock: Mutex<()>,
+    /// A secondary's own directory, removed on drop.
+    _secondary: Option<tempfile::TempDir>,
+}
+
+fn options() -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    opts
+}
+
+impl Store {
+    /// Opens (creating if needed) a data dir as its writer.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let rocks = |source| StoreError::Rocks {
+            path: path.to_path_buf(),
+            source,
+        };
+        let opts = options();
+        let cfs = FAMILIES
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, options()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(rocks)?;
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+            next_seq: AtomicU64::new(0),
+            write_lock: Mutex::new(()),
+            _secondary: None,
+        };
+        match store.meta_u64(KEY_SCHEMA_VERSION)? {
+            None => {
+                let cf = store.cf(META);
+                store
+                    .db
+                    .put_cf(
+                        cf,
+                        KEY_SCHEMA_VERSION,
+                        u64::from(SCHEMA_VERSION).to_be_bytes(),
+                    )
+                    .map_err(rocks)?;
+            }
+            Some(v) if v == u64::from(SCHEMA_VERSION) => {}
+            Some(v) => {
+                return Err(StoreError::Schema {
+                    path: path.to_path_buf(),
+                    found: v as u32,
+                })
+            }
+        }
+        let next = store.meta_u64(KEY_NEXT_SEQ)?.unwrap_or(1);
+        store.next_seq.store(next, Ordering::Relaxed);
+        Ok(store)
+    }
+
+    /// Opens a live data dir for reading, as a RocksDB secondary: no lock is taken, and
+    /// [`catch_up`](Self::catch_up) sees what the writer has added since.
+    pub fn open_reader(path: &Path) -> Result<Store, StoreError> {
+        let rocks = |source| StoreError::Rocks {
+            path: path.to_path_buf(),
+            source,
+        };
+        let scratch = tempfile::Builder::new()
+            .prefix("flux-reader-")
+            .tempdir()
+            .map_err(|source| StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let mut opts = Options::default();
+        opts.set_max_open_files(-1);
+        let db = DB::open_cf_as_secondary(&opts, path, scratch.path(), FAMILIES).map_err(rocks)?;
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+            next_seq: AtomicU64::new(0),
+            write_lock: Mutex::new(()),
+            _secondary: Some(scratch),
+        };
+        if let Some(v) = store.meta_u64(KEY_SCHEMA_VERSION)? {
+            if v != u64::from(SCHEMA_VERSION) {
+                return Err(StoreError::Schema {
+                    path: path.to_path_buf(),
+                    found: v as u32,
+                });
+            }
+        }
+        Ok(store)
+    }
+
+    /// For a reader: picks up what the writer has written since the last call.
+    pub fn catch_up(&self) -> Result<(), StoreError> {
+        self.db
+            .try_catch_up_with_primary()
+            .map_err(|e| self.rocks(e))
+    }
+
+    /// The data dir.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        // Every family in FAMILIES is opened (or created) with the DB.
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| unreachable!("column family {name} is opened with the store"))
+    }
+
+    fn rocks(&self, source: rocksdb::Error) -> StoreError {
+        StoreError::Rocks {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn corrupt(&self, what: &'static str) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            what,
+        }
+    }
+
+    fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
+        let v = self
+            .db
+            .get_cf(self.cf(META), key)
+            .map_err(|e| self.rocks(e))?;
+        v.map(|v| {
+            keys::take_u64(&v)
+                .map(|(n, _)| n)
+                .ok_or_else(|| self.corrupt("meta"))
+        })
+        .transpose()
+    }
+
+    /// Writes records atomically in one batch; `sync` makes it durable (fsync) before
+    /// returning.
+    pub fn write(&self, records: &[Record], sync: bool) -> Result<(), StoreError> {
+        let _serial = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = WriteBatch::default();
+        let mut seq = self.next_seq.load(Ordering::Relaxed);
+        for record in records {
+            seq += 1;
+            let value = postcard::to_stdvec(record).map_err(|_| self.corrupt("outgoing"))?;
+            match record {
+                Record::Mutation(m) => {
+                    let key = mutation_key(m, seq);
+                    if let Some(request) = &m.request {
+                        let mut by_request = Vec::new();
+                        keys::put_str(&mut by_request, request.as_bytes());
+                        keys::put_u64(&mut by_request, seq);
+                        batch.put_cf(self.cf(MUTATIONS_BY_REQUEST), by_request, &key);
+                    }
+                    batch.put_cf(self.cf(MUTATIONS), key, value);
+                }
+                Record::Tx(t) => {
+                    let mut key = tx_prefix(&t.tx);
+                    keys::put_u64(&mut key, seq);
+                    batch.put_cf(self.cf(TX), key, value);
+                }
+                Record::Gap(g) => {
+                    let mut key = Vec::with_capacity(16);
+                    keys::put_u64(&mut key, g.at);
+                    keys::put_u64(&mut key, seq);
+                    batch.put_cf(self.cf(GAPS), key, value);
+                }
+            }
+        }
+        batch.put_cf(self.cf(META), KEY_NEXT_SEQ, seq.to_be_bytes());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(batch, &wo).map_err(|e| self.rocks(e))?;
+        self.next_seq.store(seq, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Makes everything written so far durable.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush_wal(true).map_err(|e| self.rocks(e))
+    }
+
+    /// Scans `family` from `start` while keys start with `prefix`.
+    fn scan<'a>(
+        &'a self,
+        family: &str,
+        start: &'a [u8],
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), StoreError>> + 'a {
+        self.db
+            .iterator_cf(
+                self.cf(family),
+                IteratorMode::From(start, Direction::Forward),
+            )
+            .map(|r| r.map_err(|e| self.rocks(e)))
+            .take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        bytes: &[u8],
+        what: &'static str,
+    ) -> Result<T, StoreError> {
+        postcard::from_bytes(bytes).map_err(|_| self.corrupt(what))
+    }
+
+    fn mutation(&self, bytes: &[u8]) -> Result<Mutation, StoreError> {
+        match self.decode(bytes, "mutation")? {
+            Record::Mutation(m) => Ok(m),
+            _ => Err(self.corrupt("mutation")),
+        }
+    }
+
+    /// Every mutation of one row, oldest first, optionally within `[from, to)`.
+    pub fn row_mutations(
+        &self,
+        table: &str,
+        key: &[String],
+        from: Option<Nanos>,
+        to: Option<Nanos>,
+    ) -> Result<Vec<Mutation>, StoreError> {
+        let prefix = row_prefix(table, Some(key));
+        let mut start = prefix.clone();
+        keys::put_u64(&mut start, from.unwrap_or(0));
+        let mut out = Vec::new();
+        for entry in self.scan(MUTATIONS, &start, &prefix) {
+            let (_, v) = entry?;
+            let m = self.mutation(&v)?;
+            if to.is_some_and(|to| m.at >= to) {
+                break;
+            }
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    /// Every mutation a request made, in the order they were recorded.
+    pub fn request_mutations(&self, request: &str) -> Result<Vec<Mutation>, StoreError> {
+        let mut prefix = Vec::new();
+        keys::put_str(&mut prefix, request.as_bytes());
+        let mut out = Vec::new();
+        for entry in self.scan(MUTATIONS_BY_REQUEST, &prefix, &prefix) {
+            let (_, pointer) = entry?;
+            if let Some(v) = self
+                .db
+                .get_cf(self.cf(MUTATIONS), &pointer)
+                .map_err(|e| self.rocks(e))?
+            {
+                out.push(self.mutation(&v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Request ids with at least one mutation that start with `prefix` (at most `limit`).
+    pub fn requests_with_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut found = Vec::new();
+        let mut start = prefix.as_bytes().to_vec();
+        loop {
+            let first = self
+                .scan(MUTATIONS_BY_REQUEST, &start, prefix.as_bytes())
+                .next();
+            let Some(entry) = first else { break };
+            let (k, _) = entry?;
+            let (id, _) = keys::take_str(&k).ok_or_else(|| self.corrupt("request index"))?;
+            // Skip past every key of this request.
+            let mut encoded = Vec::new();
+            keys::put_str(&mut encoded, &id);
+            found.push(String::from_utf8_lossy(&id).into_owned());
+            if found.len() >= limit {
+                break;
+            }
+            match keys::prefix_end(&encoded) {
+                Some(next) => start = next,
+                None => break,
+            }
+        }
+        Ok(found)
+    }
+
+    /// A transaction's events, in the order recorded.
+    pub fn tx_events(&self, tx: &TxId) -> Result<Vec<TxEvent>, StoreError> {
+        let prefix = tx_prefix(tx);
+        let mut out = Vec::new();
+        for entry in self.scan(TX, &prefix, &prefix) {
+            let (_, v) = entry?;
+            match self.decode(&v, "transaction")? {
+                Record::Tx(TxRecord { event, .. }) => out.push(event),
+                _ => return Err(self.corrupt("transaction")),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Gaps recorded in `[from, to)`, for `table` when given (gaps naming no table are
+    /// included: they may concern it).
+    pub fn gaps(
+        &self,
+        from: Nanos,
+        to: Nanos,
+        table: Option<&str>,
+    ) -> Result<Vec<Gap>, StoreError> {
+        let mut start = Vec::new();
+        keys::put_u64(&mut start, from);
+        let mut out = Vec::new();
+        for entry in self.scan(GAPS, &start, &[]) {
+            let (_, v) = entry?;
+            let gap = match self.decode(&v, "gap")? {
+                Record::Gap(g) => g,
+                _ => return Err(self.corrupt("gap")),
+            };
+            if gap.at >= to {
+                break;
+            }
+            if table.is_none() || gap.table.is_none() || gap.table.as_deref() == table {
+                out.push(gap);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `table, marker, key parts…` — the prefix of one row's history (marker 1), or of a
+/// keyless table's mutations (marker 0).
+fn row_prefix(table: &str, key: Option<&[String]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    keys::put_str(&mut out, table.as_bytes());
+    match key {
+        Some(parts) => {
+            out.push(1);
+            for part in parts {
+                keys::put_str(&mut out, part.as_bytes());
+            }
+        }
+        None => out.push(0),
+    }
+    out
+}
+
+fn mutation_key(m: &Mutation, seq: u64) -> Vec<u8> {
+    let mut key = row_prefix(&m.table, m.key.as_deref());
+    keys::put_u64(&mut key, m.at);
+    keys::put_u64(&mut key, seq);
+    key
+}
+
+fn tx_prefix(tx: &TxId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(32);
+    keys::put_u64(&mut key, tx.boot);
+    keys::put_u64(&mut key, tx.session);
+    keys::put_u64(&mut key, tx.n);
+    key
+}

@@ -1,0 +1,22 @@
+//! `flux-store`: Flux's record of what every request did.
+//!
+//! - [`model`]: the records (mutations with before/after images, transaction events,
+//!   gaps) and how a mutation's outcome is resolved.
+//! - [`keys`]: order-preserving key encodings.
+//! - [`db`]: the RocksDB layout, writing batches, reading as a live secondary.
+//! - [`writer`]: the batched writer thread behind a bounded channel, with durability modes.
+//! - [`query`]: row history, a request's changes, per-column blame.
+//!
+//! It knows nothing of the wire protocol: the daemon turns the proxy's capture events
+//! into these records.
+
+pub mod db;
+pub mod keys;
+pub mod model;
+pub mod query;
+pub mod writer;
+
+pub use db::{Store, StoreError, SCHEMA_VERSION};
+pub use model::{Gap, Mutation, Nanos, Op, Outcome, Record, TxEvent, TxId, TxRecord};
+pub use query::{blame, Blame, ColumnBlame, HistoryEntry};
+pub use writer::{Durability, WriteRejected, Writer, WriterConfig, WriterHandle};

@@ -1,0 +1,176 @@
+//! The record model: what the proxy captures, as stored.
+//!
+//! Everything is appended, never rewritten: a transaction's outcome is its own record,
+//! and a mutation's fate is resolved at query time from its transaction's records.
+
+use serde::{Deserialize, Serialize};
+
+/// Nanoseconds since the Unix epoch.
+pub type Nanos = u64;
+
+/// A transaction, unique across proxy restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TxId {
+    /// When the proxy process started (ns), so ids from different runs never collide.
+    pub boot: Nanos,
+    /// The proxy session.
+    pub session: u64,
+    /// The transaction's number within the session.
+    pub n: u64,
+}
+
+/// What a statement did to a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// A new row (including the insert arm of an upsert).
+    Insert,
+    /// A changed row.
+    Update,
+    /// A removed row.
+    Delete,
+}
+
+impl Op {
+    /// `INSERT`, `UPDATE` or `DELETE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "INSERT",
+            Op::Update => "UPDATE",
+            Op::Delete => "DELETE",
+        }
+    }
+}
+
+/// One row changed by one statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mutation {
+    /// Schema-qualified table (`public.users`); partitions are mapped to their root.
+    pub table: String,
+    /// Primary-key values as text, in key-column order; `None` for tables without one
+    /// (queryable by request and time, not by `--id`).
+    pub key: Option<Vec<String>>,
+    /// When the statement completed.
+    pub at: Nanos,
+    /// What happened to the row.
+    pub op: Op,
+    /// The row before, as the JSON PostgreSQL produced (`None` for inserts, or when the
+    /// before image could not be captured: see the gap records).
+    pub before: Option<String>,
+    /// The row after, as JSON (`None` for deletes).
+    pub after: Option<String>,
+    /// The request that made the change, if it was tagged.
+    pub request: Option<String>,
+    /// The transaction it belongs to.
+    pub tx: TxId,
+    /// Its position among the transaction's mutations (for savepoint rollbacks).
+    pub tx_index: u32,
+}
+
+/// Something that happened to a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxEvent {
+    /// `COMMIT` succeeded (or an implicit transaction completed).
+    Committed,
+    /// Rolled back: `ROLLBACK`, an error, `COMMIT` of a failed transaction, a lost connection.
+    RolledBack,
+    /// `ROLLBACK TO SAVEPOINT` undid the mutations with `tx_index` in `from..to`.
+    RolledBackTo {
+        /// First undone index.
+        from: u32,
+        /// One past the last undone index.
+        to: u32,
+    },
+    /// The proxy lost the connection while `COMMIT` was in flight.
+    Unknown,
+}
+
+/// A transaction event, appended when the proxy learns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxRecord {
+    /// The transaction.
+    pub tx: TxId,
+    /// When the proxy learnt it.
+    pub at: Nanos,
+    /// What happened.
+    pub event: TxEvent,
+}
+
+/// Writes that happened but could not be captured, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// When.
+    pub at: Nanos,
+    /// The end of the affected time range (equal to `at` for a single statement).
+    pub until: Nanos,
+    /// The table, where known.
+    pub table: Option<String>,
+    /// How many writes (statements or events) were affected, where known.
+    pub count: u64,
+    /// Why (`COPY FROM`, `TRUNCATE`, `store lagging: 120 events dropped`, …).
+    pub reason: String,
+    /// The request, where known.
+    pub request: Option<String>,
+}
+
+/// Anything the writer stores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    /// A row change.
+    Mutation(Mutation),
+    /// A transaction event.
+    Tx(TxRecord),
+    /// A capture gap.
+    Gap(Gap),
+}
+
+/// What became of a mutation, resolved from its transaction's records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Its transaction committed and no savepoint rollback undid it.
+    Committed,
+    /// Its transaction, or a savepoint rollback, undid it.
+    RolledBack,
+    /// The proxy lost the connection while `COMMIT` was in flight.
+    Unknown,
+    /// No outcome recorded yet (the transaction is still open).
+    Pending,
+}
+
+impl Outcome {
+    /// Resolves the outcome of mutation number `index` of a transaction from its events.
+    pub fn resolve(index: u32, events: &[TxEvent]) -> Outcome {
+        let mut last = Outcome::Pending;
+        for event in events {
+            match *event {
+                TxEvent::RolledBackTo { from, to } if (from..to).contains(&index) => {
+                    return Outcome::RolledBack
+                }
+                TxEvent::RolledBackTo { .. } => {}
+                TxEvent::Committed => last = Outcome::Committed,
+                TxEvent::RolledBack => last = Outcome::RolledBack,
+                TxEvent::Unknown => last = Outcome::Unknown,
+            }
+        }
+        last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn savepoint_rollback_undoes_only_its_range() {
+        let events = [TxEvent::RolledBackTo { from: 2, to: 4 }, TxEvent::Committed];
+        let got: Vec<Outcome> = (0..6).map(|i| Outcome::resolve(i, &events)).collect();
+        use Outcome::*;
+        assert_eq!(
+            got,
+            [Committed, Committed, RolledBack, RolledBack, Committed, Committed]
+        );
+        assert_eq!(Outcome::resolve(0, &[]), Pending);
+        assert_eq!(Outcome::resolve(0, &[TxEvent::RolledBack]), RolledBack);
+        assert_eq!(Outcome::resolve(0, &[TxEvent::Unknown]), Unknown);
+    }
+}

@@ -1,0 +1,264 @@
+//! The store writer: one thread draining a bounded channel into batched RocksDB writes.
+//!
+//! The proxy must never wait on storage unless it asked to: [`WriterHandle::try_write`]
+//! never blocks and reports a full channel, so the caller can fail open and record a gap.
+//! Durability (DESIGN §3):
+//! - `relaxed`: batches go to the WAL unsynced, and the WAL is fsynced at least every
+//!   100 ms;
+//! - `strict`: a write sent with [`WriterHandle::write_durable`] is acknowledged only
+//!   after the batch holding it was fsynced.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::db::{Store, StoreError};
+use crate::model::Record;
+
+/// How hard the writer works to keep what it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync at least every `sync_interval`.
+    Relaxed,
+    /// fsync before acknowledging durable writes.
+    Strict,
+}
+
+/// Writer settings.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Durability mode.
+    pub durability: Durability,
+    /// Messages the channel holds before `try_write` reports it full.
+    pub capacity: usize,
+    /// Longest time between fsyncs in relaxed mode.
+    pub sync_interval: Duration,
+    /// Most messages folded into one batch.
+    pub max_batch: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Relaxed,
+            capacity: 16 * 1024,
+            sync_interval: Duration::from_millis(100),
+            max_batch: 1024,
+        }
+    }
+}
+
+/// Why a write was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteRejected {
+    /// The channel is full: the store is lagging.
+    #[error("the store writer is lagging (queue full)")]
+    Full(Vec<Record>),
+    /// The writer has stopped.
+    #[error("the store writer has stopped")]
+    Stopped(Vec<Record>),
+}
+
+/// The result of a durable write, delivered once it is on disk (or failed).
+pub type DurableAck = oneshot::Receiver<Result<(), Arc<StoreError>>>;
+
+enum Message {
+    Records(
+        Vec<Record>,
+        Option<oneshot::Sender<Result<(), Arc<StoreError>>>>,
+    ),
+    Shutdown,
+}
+
+/// Counters the writer keeps.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Records written.
+    pub written: AtomicU64,
+    /// Batches written.
+    pub batches: AtomicU64,
+    /// Batches that failed to write.
+    pub failures: AtomicU64,
+    /// Records refused because the channel was full.
+    pub rejected: AtomicU64,
+}
+
+/// Sends records to the writer thread. Cheap to clone.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: SyncSender<Message>,
+    stats: Arc<WriterStats>,
+}
+
+/// The writer thread; stopping it flushes what it was given.
+pub struct Writer {
+    handle: WriterHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the writer thread for `store`.
+    pub fn start(store: Arc<Store>, config: WriterConfig) -> Writer {
+        let (tx, rx) = sync_channel(config.capacity.max(1));
+        let stats = Arc::new(WriterStats::default());
+        let thread_stats = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name("flux-store-writer".into())
+            .spawn(move || run(store, config, rx, thread_stats))
+            .ok();
+        Writer {
+            handle: WriterHandle { tx, stats },
+            thread,
+        }
+    }
+
+    /// A handle for sending records.
+    pub fn handle(&self) -> WriterHandle {
+        self.handle.clone()
+    }
+
+    /// Writes and syncs everything queued, then stops the thread.
+    pub fn stop(mut self) {
+        self.stop_thread();
+    }
+
+    fn stop_thread(&mut self) {
+        let _ = self.handle.tx.send(Message::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop_thread();
+    }
+}
+
+impl WriterHandle {
+    /// Queues records without waiting; a full queue hands them back.
+    pub fn try_write(&self, records: Vec<Record>) -> Result<(), WriteRejected> {
+        self.send(Message::Records(records, None)).map(|_| ())
+    }
+
+    /// Queues records that must be durable; the returned receiver resolves once they are
+    /// fsynced (in strict mode) or written (in relaxed mode).
+    pub fn write_durable(&self, records: Vec<Record>) -> Result<DurableAck, WriteRejected> {
+        let (ack, rx) = oneshot::channel();
+        self.send(Message::Records(records, Some(ack)))?;
+        Ok(rx)
+    }
+
+    fn send(&self, message: Message) -> Result<(), WriteRejected> {
+        self.tx.try_send(message).map_err(|e| {
+            let (full, message) = match e {
+                TrySendError::Full(m) => (true, m),
+                TrySendError::Disconnected(m) => (false, m),
+            };
+            let records = match message {
+                Message::Records(r, _) => r,
+                Message::Shutdown => Vec::new(),
+            };
+            self.stats
+                .rejected
+                .fetch_add(records.len() as u64, Ordering::Relaxed);
+            if full {
+                WriteRejected::Full(records)
+            } else {
+                WriteRejected::Stopped(records)
+            }
+        })
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> &Arc<WriterStats> {
+        &self.stats
+    }
+}
+
+fn run(store: Arc<Store>, config: WriterConfig, rx: Receiver<Message>, stats: Arc<WriterStats>) {
+    let mut last_sync = Instant::now();
+    let mut unsynced = false;
+    let mut stopping = false;
+    while !stopping {
+        let first = match rx.recv_timeout(config.sync_interval) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => {
+                if unsynced {
+                    sync(&store, &stats, &mut unsynced, &mut last_sync);
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut records = Vec::new();
+        let mut acks = Vec::new();
+        let mut take = |m: Message, stopping: &mut bool| match m {
+            Message::Records(r, ack) => {
+                records.extend(r);
+                acks.extend(ack);
+            }
+            Message::Shutdown => *stopping = true,
+        };
+        take(first, &mut stopping);
+        let mut n = 1;
+        while n < config.max_batch && !stopping {
+            match rx.try_recv() {
+                Ok(m) => take(m, &mut stopping),
+                Err(_) => break,
+            }
+            n += 1;
+        }
+        let sync_now = stopping
+            || (config.durability == Durability::Strict && !acks.is_empty())
+            || last_sync.elapsed() >= config.sync_interval;
+        let result = if records.is_empty() {
+            Ok(())
+        } else {
+            store.write(&records, sync_now)
+        };
+        match &result {
+            Ok(()) => {
+                stats
+                    .written
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+                if sync_now {
+                    last_sync = Instant::now();
+                    unsynced = false;
+                } else {
+                    unsynced = true;
+                }
+            }
+            Err(e) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("store write of {} records failed: {e}", records.len());
+            }
+        }
+        let result = result.map_err(Arc::new);
+        for ack in acks {
+            let _ = ack.send(result.clone());
+        }
+    }
+    if unsynced {
+        sync(&store, &stats, &mut unsynced, &mut last_sync);
+    }
+}
+
+fn sync(store: &Store, stats: &WriterStats, unsynced: &mut bool, last_sync: &mut Instant) {
+    match store.sync() {
+        Ok(()) => {
+            *unsynced = false;
+            *last_sync = Instant::now();
+        }
+        Err(e) => {
+            stats.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("store fsync failed: {e}");
+        }
+    }
+}

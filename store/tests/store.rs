@@ -1,0 +1,413 @@
+//! The store against a real RocksDB in a temp dir: layout, outcomes, readers of a live
+//! store, reopening, the writer's durability modes.
+
+use std::sync::Arc;
+
+use flux_store::{
+    blame, Durability, Gap, Mutation, Op, Outcome, Record, Store, StoreError, TxEvent, TxId,
+    TxRecord, Writer, WriterConfig,
+};
+
+fn tx(n: u64) -> TxId {
+    TxId {
+        boot: 7,
+        session: 1,
+        n,
+    }
+}
+
+fn mutation(
+    table: &str,
+    key: &[&str],
+    at: u64,
+    op: Op,
+    after: Option<&str>,
+    request: Option<&str>,
+    t: TxId,
+    i: u32,
+) -> Record {
+    Record::Mutation(Mutation {
+        table: table.into(),
+        key: Some(key.iter().map(|s| s.to_string()).collect()),
+        at,
+        op,
+        before: None,
+        after: after.map(str::to_string),
+        request: request.map(str::to_string),
+        tx: t,
+        tx_index: i,
+    })
+}
+
+fn event(t: TxId, at: u64, event: TxEvent) -> Record {
+    Record::Tx(TxRecord { tx: t, at, event })
+}
+
+#[test]
+fn history_resolves_outcomes_per_row() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(dir.path()).expect("open");
+    store
+        .write(
+            &[
+                mutation(
+                    "public.users",
+                    &["42"],
+                    10,
+                    Op::Insert,
+                    Some(r#"{"id":42,"plan":"free"}"#),
+                    Some("req-a"),
+                    tx(1),
+                    0,
+                ),
+                event(tx(1), 11, TxEvent::Committed),
+                // Another row, and a key that shares a prefix with 42: neither may leak in.
+                mutation(
+                    "public.users",
+                    &["4"],
+                    12,
+                    Op::Insert,
+                    Some(r#"{"id":4}"#),
+                    Some("req-a"),
+                    tx(2),
+                    0,
+                ),
+                mutation(
+                    "public.users",
+                    &["420"],
+                    12,
+                    Op::Insert,
+                    Some(r#"{"id":420}"#),
+                    Some("req-a"),
+                    tx(2),
+                    1,
+                ),
+                event(tx(2), 13, TxEvent::Committed),
+                // A savepoint rollback undoes the middle change only.
+                mutation(
+                    "public.users",
+                    &["42"],
+                    20,
+                    Op::Update,
+                    Some(r#"{"id":42,"plan":"pro"}"#),
+                    Some("req-b"),
+                    tx(3),
+                    0,
+                ),
+                mutation(
+                    "public.users",
+                    &["42"],
+                    21,
+                    Op::Update,
+                    Some(r#"{"id":42,"plan":"team"}"#),
+                    Some("req-b"),
+                    tx(3),
+                    1,
+                ),
+                event(tx(3), 22, TxEvent::RolledBackTo { from: 1, to: 2 }),
+                event(tx(3), 23, TxEvent::Committed),
+                // Rolled back, and one still open.
+                mutation(
+                    "public.users",
+                    &["42"],
+                    30,
+                    Op::Update,
+                    Some(r#"{"id":42,"plan":null}"#),
+                    Some("req-c"),
+                    tx(4),
+                    0,
+                ),
+                event(tx(4), 31, TxEvent::RolledBack),
+                mutation(
+                    "public.users",
+                    &["42"],
+                    40,
+                    Op::Update,
+                    Some(r#"{"id":42,"plan":"x"}"#),
+                    None,
+                    tx(5),
+                    0,
+                ),
+            ],
+            true,
+        )
+        .expect("write");
+    let h = store
+        .history("public.users", &["42".into()], None, None)
+        .expect("history");
+    let got: Vec<(u64, Outcome)> = h.iter().map(|e| (e.mutation.at, e.outcome)).collect();
+    use Outcome::*;
+    assert_eq!(
+        got,
+        [
+            (10, Committed),
+            (20, Committed),
+            (21, RolledBack),
+            (30, RolledBack),
+            (40, Pending)
+        ]
+    );
+    // Time window [20, 31).
+    let w = store
+        .history("public.users", &["42".into()], Some(20), Some(31))
+        .expect("window");
+    assert_eq!(
+        w.iter().map(|e| e.mutation.at).collect::<Vec<_>>(),
+        [20, 21, 30]
+    );
+    // Blame: plan was last committed by req-b; the newer attempt rolled back.
+    let b = blame(&h);
+    let plan = b.columns.iter().find(|c| c.column == "plan").expect("plan");
+    assert_eq!(plan.value, "pro");
+    assert_eq!(
+        plan.written.as_ref().and_then(|w| w.request.as_deref()),
+        Some("req-b")
+    );
+    let attempt = plan.newest_attempt.as_ref().expect("attempt");
+    assert_eq!(
+        attempt.outcome, Pending,
+        "the newest attempt is the still-open transaction"
+    );
+    // By request, and request-id prefixes.
+    let a = store.request_history("req-a").expect("by request");
+    assert_eq!(a.len(), 3);
+    assert_eq!(
+        store.requests_with_prefix("req-", 10).expect("prefix"),
+        ["req-a", "req-b", "req-c"]
+    );
+    assert_eq!(
+        store.requests_with_prefix("req-b", 10).expect("prefix"),
+        ["req-b"]
+    );
+    assert!(store
+        .requests_with_prefix("nope", 10)
+        .expect("prefix")
+        .is_empty());
+}
+
+#[test]
+fn composite_keys_keyless_tables_and_gaps() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(dir.path()).expect("open");
+    let keyless = Record::Mutation(Mutation {
+        table: "public.events".into(),
+        key: None,
+        at: 5,
+        op: Op::Insert,
+        before: None,
+        after: Some(r#"{"kind":"signup"}"#.into()),
+        request: Some("req-k".into()),
+        tx: tx(9),
+        tx_index: 0,
+    });
+    store
+        .write(
+            &[
+                mutation(
+                    "public.memberships",
+                    &["7", "42"],
+                    1,
+                    Op::Insert,
+                    Some("{}"),
+                    Some("req-k"),
+                    tx(9),
+                    1,
+                ),
+                mutation(
+                    "public.memberships",
+                    &["7", "43"],
+                    2,
+                    Op::Insert,
+                    Some("{}"),
+                    Some("req-k"),
+                    tx(9),
+                    2,
+                ),
+                keyless,
+                Record::Gap(Gap {
+                    at: 6,
+                    until: 6,
+                    table: Some("public.users".into()),
+                    count: 1,
+                    reason: "TRUNCATE".into(),
+                    request: Some("req-k".into()),
+                }),
+                Record::Gap(Gap {
+                    at: 8,
+                    until: 9,
+                    table: Some("public.orders".into()),
+                    count: 3,
+                    reason: "COPY FROM".into(),
+                    request: None,
+                }),
+            ],
+            false,
+        )
+        .expect("write");
+    let h = store
+        .history("public.memberships", &["7".into(), "42".into()], None, None)
+        .expect("history");
+    assert_eq!(h.len(), 1);
+    assert_eq!(store.request_history("req-k").expect("by request").len(), 3);
+    let gaps = store.gaps(0, 100, Some("public.users")).expect("gaps");
+    assert_eq!(
+        gaps.iter().map(|g| g.reason.as_str()).collect::<Vec<_>>(),
+        ["TRUNCATE"]
+    );
+    assert_eq!(store.gaps(0, 100, None).expect("gaps").len(), 2);
+    assert_eq!(store.gaps(7, 100, None).expect("gaps").len(), 1);
+}
+
+#[test]
+fn a_reader_follows_a_live_writer_and_reopening_keeps_everything() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Arc::new(Store::open(dir.path()).expect("open"));
+    let writer = Writer::start(store.clone(), WriterConfig::default());
+    let handle = writer.handle();
+    handle
+        .try_write(vec![mutation(
+            "t",
+            &["1"],
+            1,
+            Op::Insert,
+            Some("{}"),
+            Some("r1"),
+            tx(1),
+            0,
+        )])
+        .expect("queued");
+    // A durable write is acknowledged after it is written.
+    let ack = handle
+        .write_durable(vec![event(tx(1), 2, TxEvent::Committed)])
+        .expect("queued");
+    ack.blocking_recv().expect("answered").expect("written");
+    // A reader opened while the writer runs sees it, and more after catching up.
+    let reader = Store::open_reader(dir.path()).expect("reader");
+    let h = reader
+        .history("t", &["1".into()], None, None)
+        .expect("history");
+    assert_eq!(
+        h.iter().map(|e| e.outcome).collect::<Vec<_>>(),
+        [Outcome::Committed]
+    );
+    let ack = handle
+        .write_durable(vec![mutation(
+            "t",
+            &["1"],
+            3,
+            Op::Update,
+            Some("{}"),
+            Some("r2"),
+            tx(2),
+            0,
+        )])
+        .expect("queued");
+    ack.blocking_recv().expect("answered").expect("written");
+    reader.catch_up().expect("catch up");
+    assert_eq!(
+        reader
+            .history("t", &["1".into()], None, None)
+            .expect("history")
+            .len(),
+        2
+    );
+    // Opening the same dir as a second writer is refused (RocksDB's lock).
+    assert!(matches!(
+        Store::open(dir.path()),
+        Err(StoreError::Rocks { .. })
+    ));
+    writer.stop();
+    drop(reader);
+    drop(store);
+    // Reopen: sequence numbers continue, nothing is overwritten.
+    let store = Store::open(dir.path()).expect("reopen");
+    store
+        .write(
+            &[mutation(
+                "t",
+                &["1"],
+                3,
+                Op::Update,
+                Some("{}"),
+                Some("r3"),
+                tx(3),
+                0,
+            )],
+            true,
+        )
+        .expect("write");
+    let h = store
+        .history("t", &["1".into()], None, None)
+        .expect("history");
+    assert_eq!(
+        h.len(),
+        3,
+        "a record at the same timestamp written after reopening is kept"
+    );
+}
+
+#[test]
+fn strict_mode_acknowledges_after_sync_and_a_stopped_writer_rejects() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Arc::new(Store::open(dir.path()).expect("open"));
+    let writer = Writer::start(
+        store.clone(),
+        WriterConfig {
+            durability: Durability::Strict,
+            ..WriterConfig::default()
+        },
+    );
+    let handle = writer.handle();
+    let acks: Vec<_> = (0..50)
+        .map(|i| {
+            handle
+                .write_durable(vec![mutation(
+                    "t",
+                    &[&i.to_string()],
+                    i,
+                    Op::Insert,
+                    Some("{}"),
+                    None,
+                    tx(i),
+                    0,
+                )])
+                .expect("queued")
+        })
+        .collect();
+    for ack in acks {
+        ack.blocking_recv().expect("answered").expect("durable");
+    }
+    assert_eq!(
+        handle
+            .stats()
+            .written
+            .load(std::sync::atomic::Ordering::Relaxed),
+        50
+    );
+    writer.stop();
+    let err = handle
+        .try_write(vec![event(tx(1), 1, TxEvent::Committed)])
+        .expect_err("stopped");
+    assert!(matches!(err, flux_store::WriteRejected::Stopped(ref r) if r.len() == 1));
+}
+
+#[test]
+fn a_store_of_another_schema_version_is_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    drop(Store::open(dir.path()).expect("create"));
+    // Rewrite the version with RocksDB directly, as a future flux would.
+    {
+        let mut opts = rocksdb::Options::default();
+        opts.create_missing_column_families(true);
+        let cfs = rocksdb::DB::list_cf(&opts, dir.path()).expect("list");
+        let db = rocksdb::DB::open_cf(&opts, dir.path(), &cfs).expect("raw open");
+        let meta = db.cf_handle("meta").expect("meta");
+        db.put_cf(meta, b"schema_version", 99u64.to_be_bytes())
+            .expect("put");
+    }
+    match Store::open(dir.path()) {
+        Err(StoreError::Schema { found: 99, .. }) => {}
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("opened a store of another version"),
+    }
+}
