@@ -116,8 +116,6 @@ struct Relay {
     /// A loop is in the middle of a write; shutting down now would cut a frame.
     writing_up: bool,
     writing_down: bool,
-    /// Shutdown decided; loops must not start new writes.
-    closing: bool,
 }
 
 /// SQL text by prepared-statement and portal name, tracked only when capture is on.
@@ -274,7 +272,6 @@ async fn serve(
         pipeline: Pipeline::new(shared.sink.is_some()),
         writing_up: false,
         writing_down: false,
-        closing: false,
     });
     let end = {
         let (mut crd, mut cwr) = client.split();
@@ -416,9 +413,6 @@ async fn client_to_server(
         let chunk = &buf[..end];
         {
             let mut r = lock(relay);
-            if r.closing {
-                return Ok(RelayEnd::Shutdown { idle: false });
-            }
             for &(t, at, size) in &frames {
                 // SQL text outlives the read buffer (named statements), so it is copied,
                 // and only when capture tracks it.
@@ -542,9 +536,6 @@ async fn server_to_client(
         let chunk = &buf[..end];
         {
             let mut r = lock(relay);
-            if r.closing {
-                return Ok(RelayEnd::Shutdown { idle: false });
-            }
             for &(t, at, size) in &frames {
                 let frame = &chunk[at..at + size];
                 if t == bt::ERROR_RESPONSE
@@ -604,14 +595,14 @@ async fn shutdown_point(
     let deadline = tokio::time::Instant::now() + shared.config.shutdown_timeout;
     loop {
         {
-            let mut r = lock(relay);
+            let r = lock(relay);
+            // Resolving ends the select in `serve`, which drops both relay loops
+            // before they can start another write.
             if r.pipeline.is_idle() && !r.writing_up && !r.writing_down {
-                r.closing = true;
                 return RelayEnd::Shutdown { idle: true };
             }
         }
         if tokio::time::Instant::now() >= deadline {
-            lock(relay).closing = true;
             return RelayEnd::Shutdown { idle: false };
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
