@@ -24,6 +24,9 @@ use rocksdb::{
 use crate::keys;
 use crate::model::{Gap, Mutation, Nanos, Record, TxEvent, TxId, TxRecord};
 
+/// One raw key/value pair as RocksDB returns it.
+type KeyValue = (Box<[u8]>, Box<[u8]>);
+
 /// The layout version this code reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -286,7 +289,7 @@ impl Store {
         family: &str,
         start: &'a [u8],
         prefix: &'a [u8],
-    ) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), StoreError>> + 'a {
+    ) -> impl Iterator<Item = Result<KeyValue, StoreError>> + 'a {
         self.db
             .iterator_cf(
                 self.cf(family),

@@ -64,8 +64,8 @@ impl Store {
         let mut events = HashMap::new();
         let mut out = Vec::with_capacity(mutations.len());
         for m in mutations {
-            if !events.contains_key(&m.tx) {
-                events.insert(m.tx, self.tx_events(&m.tx)?);
+            if let std::collections::hash_map::Entry::Vacant(slot) = events.entry(m.tx) {
+                slot.insert(self.tx_events(&m.tx)?);
             }
             let outcome =
                 Outcome::resolve(m.tx_index, events.get(&m.tx).map_or(&[][..], Vec::as_slice));
