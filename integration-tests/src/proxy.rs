@@ -32,6 +32,24 @@ impl EventSink for Recorder {
 }
 
 impl Recorder {
+    /// Every captured row change so far, in order.
+    pub fn mutations(&self) -> Vec<flux_proxy::capture::MutationEvent> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|e| match e {
+                CaptureEvent::Mutation(m) => Some(m.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// All events so far.
+    pub fn all(&self) -> Vec<CaptureEvent> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// `(sql, tag or "ERROR sqlstate")` of every statement event so far.
     pub fn statements(&self) -> Vec<(String, String)> {
         self.0

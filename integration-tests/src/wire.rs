@@ -211,6 +211,33 @@ pub mod fe {
         done(b)
     }
 
+    /// `Bind` with text parameters and explicit per-column result formats.
+    pub fn bind_formats(
+        portal: &str,
+        stmt: &str,
+        params: &[&str],
+        result_formats: &[i16],
+    ) -> Bytes {
+        let mut b = BytesMut::new();
+        let formats: [i16; 0] = [];
+        let r = frontend::bind(
+            portal,
+            stmt,
+            formats,
+            params.iter(),
+            |p, buf| {
+                buf.put_slice(p.as_bytes());
+                Ok(postgres_protocol::IsNull::No)
+            },
+            result_formats.iter().copied(),
+            &mut b,
+        );
+        if r.is_err() {
+            panic!("bind encoding failed");
+        }
+        done(b)
+    }
+
     /// `Bind` with binary parameters.
     pub fn bind_binary(portal: &str, stmt: &str, params: &[&[u8]], binary_results: bool) -> Bytes {
         let mut b = BytesMut::new();

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use flux_integration_tests::pg::{Options, PgCluster, DB, USER};
 use flux_integration_tests::proxy::TestProxy;
 use flux_integration_tests::wire::{fe, Msg, RawConn};
+use flux_proxy::capture::Op;
 
 /// One exchange: what to send (in one write), and how many ReadyForQuery end it.
 struct Exchange {
@@ -127,6 +128,58 @@ fn corpus() -> Vec<Exchange> {
             1,
         ),
         q("listen/notify", "listen chan; notify chan, 'payload'; unlisten chan"),
+        // The DML corpus: every write form capture rewrites, with and without the app's own
+        // RETURNING, in simple strings of several statements and in the extended protocol.
+        q("dml: multi-row insert and insert select", "insert into items(name) values ('m1'), ('m2'); \
+            insert into items(name, price) select 'sel' || g, g from generate_series(1, 3) g"),
+        q("dml: upsert do update returning *", "insert into items(name, price) values ('a', 1), ('new', 2) \
+            on conflict (name) do update set price = excluded.price returning *"),
+        q("dml: upsert do nothing", "insert into items(name) values ('a') on conflict do nothing"),
+        q("dml: update from, delete using", "create table prices(name text primary key, p numeric); \
+            insert into prices values ('a', 5), ('c', 7); \
+            update items i set price = p.p from prices p where p.name = i.name; \
+            delete from items i using prices p where p.name = i.name and p.p > 6 returning i.name, p.p; \
+            drop table prices"),
+        q("dml: tagged, in a transaction, with a trailing comment", "begin; set local flux.request_id = 'r-local'; \
+            update items set price = 1 where name = 'a'; \
+            update items set price = 2 where name = 'a' /*traceparent='00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'*/; commit;"),
+        q("dml: update of nothing, delete returning *", "update items set price = 0 where false; delete from items where name = 'm1' returning *"),
+        q("dml: write that fails", "update items set name = 'a' where name = 'new'"),
+        x(
+            "dml extended: statement reused, binary and per-column formats, describe",
+            vec![
+                fe::parse("u1", "update items set price = price + $1::numeric where name = $2 returning id, name"),
+                fe::describe(b'S', "u1"),
+                fe::bind_formats("", "u1", &["1", "a"], &[1]),
+                fe::describe(b'P', ""),
+                fe::execute("", 0),
+                fe::bind_formats("", "u1", &["1", "new"], &[1, 0]),
+                fe::execute("", 0),
+                fe::bind_formats("", "u1", &["1", "m2"], &[]),
+                fe::execute("", 0),
+                fe::parse("i1", "insert into items(name) values ($1)"),
+                fe::describe(b'S', "i1"),
+                fe::bind_formats("", "i1", &["x1"], &[]),
+                fe::execute("", 0),
+                fe::bind_formats("", "i1", &["x2"], &[1]),
+                fe::execute("", 0),
+                fe::sync(),
+            ],
+            1,
+        ),
+        x(
+            "dml extended: row limit on a returning update, then rollback",
+            vec![
+                fe::query("begin"),
+                fe::parse("", "update items set price = 3 returning name"),
+                fe::bind_formats("cur", "", &[], &[]),
+                fe::execute("cur", 1),
+                fe::execute("cur", 0),
+                fe::sync(),
+                fe::query("rollback"),
+            ],
+            3,
+        ),
         q("drop", "drop table items"),
     ]
 }
@@ -197,6 +250,37 @@ async fn proxy_stream_is_byte_identical_to_direct() {
     }
     // The corpus really exercised the big cases.
     assert!(total > 5_000_000, "compared only {total} bytes");
+    // ...and capture really rewrote the writes: images came back for each form.
+    let mutations = proxy.events.mutations();
+    let count = |table: &str, op: Op| {
+        mutations
+            .iter()
+            .filter(|m| m.table == table && m.op == op)
+            .count()
+    };
+    assert!(count("items", Op::Insert) >= 10, "{mutations:#?}");
+    assert!(count("items", Op::Update) >= 8, "{mutations:#?}");
+    assert!(count("items", Op::Delete) >= 2, "{mutations:#?}");
+    let upsert = mutations
+        .iter()
+        .find(|m| {
+            m.op == Op::Update
+                && m.after
+                    .as_deref()
+                    .is_some_and(|a| a.contains("\"price\": 1"))
+                && m.before.is_some()
+        })
+        .expect("the upsert's update with its before image");
+    assert_eq!(upsert.key.as_deref(), Some(&["1".to_string()][..]));
+    let tagged: Vec<_> = mutations
+        .iter()
+        .filter_map(|m| m.request.as_deref())
+        .collect();
+    assert!(tagged.contains(&"r-local"), "{tagged:?}");
+    assert!(
+        tagged.contains(&"4bf92f3577b34da6a3ce929d0e0e4736"),
+        "{tagged:?}"
+    );
     proxy.assert_drains().await;
     proxy.stop().await;
 }

@@ -46,10 +46,108 @@ pub enum CaptureEvent {
         /// The session.
         session: SessionId,
     },
+    /// A row a statement wrote, with its images.
+    Mutation(MutationEvent),
+    /// A transaction that wrote rows ended.
+    TxEnded {
+        /// The session.
+        session: SessionId,
+        /// The transaction's number within the session.
+        tx: u64,
+        /// When the proxy saw it end.
+        at: SystemTime,
+        /// How it ended.
+        outcome: TxOutcome,
+    },
+    /// `ROLLBACK TO SAVEPOINT` undid the transaction's writes numbered `from..to`.
+    RolledBackTo {
+        /// The session.
+        session: SessionId,
+        /// The transaction's number within the session.
+        tx: u64,
+        /// When.
+        at: SystemTime,
+        /// First undone write (its `tx_index`).
+        from: u32,
+        /// One past the last undone write.
+        to: u32,
+    },
+    /// Writes the proxy could not image.
+    Gap {
+        /// The session.
+        session: SessionId,
+        /// When.
+        at: SystemTime,
+        /// The table, when known.
+        table: Option<String>,
+        /// How many rows the statement reported (0 when unknown).
+        count: u64,
+        /// Why.
+        reason: String,
+        /// The request that made them.
+        request: Option<String>,
+    },
 }
+
+/// One captured row change.
+#[derive(Debug, Clone)]
+pub struct MutationEvent {
+    /// The session.
+    pub session: SessionId,
+    /// The transaction's number within the session.
+    pub tx: u64,
+    /// Order of this write within its transaction (savepoint ranges refer to it).
+    pub tx_index: u32,
+    /// When the proxy read the row's images.
+    pub at: SystemTime,
+    /// Table, as the store names it.
+    pub table: String,
+    /// Primary-key values in key order; `None` for tables without a primary key.
+    pub key: Option<Vec<String>>,
+    /// What happened to the row.
+    pub op: Op,
+    /// Row before (JSON as PostgreSQL produced it).
+    pub before: Option<String>,
+    /// Row after.
+    pub after: Option<String>,
+    /// The request that made the change.
+    pub request: Option<String>,
+}
+
+/// What happened to a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Inserted.
+    Insert,
+    /// Updated.
+    Update,
+    /// Deleted.
+    Delete,
+}
+
+/// How a transaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxOutcome {
+    /// Committed.
+    Committed,
+    /// Rolled back (error, `ROLLBACK`, `COMMIT` of a failed transaction, connection lost).
+    RolledBack,
+    /// The connection was lost while the transaction's end was in flight.
+    Unknown,
+}
+
+/// Resolves when what it waits for is durable.
+pub type Durable = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Receives capture events. Implementations must return quickly and never block.
 pub trait EventSink: Send + Sync + 'static {
     /// Accepts one event.
     fn emit(&self, event: CaptureEvent);
+
+    /// With strict durability, a future that resolves once every event emitted so far is
+    /// on disk; the session holds a transaction's commit reply until then. `None` (the
+    /// default) when durability is relaxed.
+    fn durable(&self) -> Option<Durable> {
+        None
+    }
 }

@@ -11,13 +11,17 @@
 //! - [`capture`]: the events a session emits and the sink that takes them.
 
 pub mod capture;
+pub mod catalog;
 pub mod frame;
 pub mod message;
 pub mod pipeline;
+pub mod plan;
+pub mod rewrite;
 pub mod server;
 pub mod session;
 pub mod startup;
 pub mod stream;
+pub mod txn;
 pub mod upstream;
 
 pub use capture::{CaptureEvent, EventSink};

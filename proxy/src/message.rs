@@ -92,6 +92,91 @@ impl Cursor {
         self.pos += 1;
         Ok(b)
     }
+
+    fn take(&mut self, n: usize) -> Result<&[u8], Malformed> {
+        let end = self.pos.checked_add(n).ok_or_else(|| self.err())?;
+        let s = self
+            .body
+            .get(self.pos..end)
+            .ok_or(Malformed { what: self.what })?;
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn i16(&mut self) -> Result<i16, Malformed> {
+        let b = self.take(2)?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn i32(&mut self) -> Result<i32, Malformed> {
+        let b = self.take(4)?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn rest(&self) -> &[u8] {
+        self.body.get(self.pos..).unwrap_or_default()
+    }
+}
+
+/// `Parse` with its SQL text replaced (name and parameter types kept).
+pub fn parse_with_sql(frame: &Bytes, sql: &str) -> Result<Bytes, Malformed> {
+    let mut c = Cursor::new(frame, "Parse");
+    let name = c.cstr()?;
+    c.cstr()?;
+    let rest = c.rest();
+    let mut body = Vec::with_capacity(name.len() + sql.len() + rest.len() + 2);
+    body.extend_from_slice(&name);
+    body.push(0);
+    body.extend_from_slice(sql.as_bytes());
+    body.push(0);
+    body.extend_from_slice(rest);
+    Ok(encode(tag::PARSE, &body))
+}
+
+/// `Query` carrying `sql`.
+pub fn query(sql: &str) -> Bytes {
+    let mut body = Vec::with_capacity(sql.len() + 1);
+    body.extend_from_slice(sql.as_bytes());
+    body.push(0);
+    encode(tag::QUERY, &body)
+}
+
+/// A `Bind`'s result-format codes, and where their count starts in the body.
+pub fn bind_result_formats(frame: &Bytes) -> Result<(usize, Vec<i16>), Malformed> {
+    let mut c = Cursor::new(frame, "Bind");
+    c.cstr()?;
+    c.cstr()?;
+    let n = usize::try_from(c.i16()?).map_err(|_| c.err())?;
+    c.take(n * 2)?;
+    let params = c.i16()?;
+    for _ in 0..params {
+        let len = c.i32()?;
+        if len > 0 {
+            c.take(len as usize)?;
+        }
+    }
+    let at = c.pos;
+    let n = usize::try_from(c.i16()?).map_err(|_| c.err())?;
+    let mut codes = Vec::with_capacity(n);
+    for _ in 0..n {
+        codes.push(c.i16()?);
+    }
+    Ok((at, codes))
+}
+
+/// A `Bind` whose per-column result formats get `extra` more text (0) codes, for the
+/// columns capture appended. `codes` and `at` come from [`bind_result_formats`].
+pub fn bind_with_extra_formats(frame: &Bytes, at: usize, codes: &[i16], extra: usize) -> Bytes {
+    let body = frame.get(crate::frame::HEADER_LEN..).unwrap_or_default();
+    let head = body.get(..at).unwrap_or_default();
+    let mut out = Vec::with_capacity(body.len() + extra * 2);
+    out.extend_from_slice(head);
+    out.extend_from_slice(&((codes.len() + extra) as i16).to_be_bytes());
+    for c in codes {
+        out.extend_from_slice(&c.to_be_bytes());
+    }
+    out.extend(std::iter::repeat_n([0u8, 0u8], extra).flatten());
+    encode(tag::BIND, &out)
 }
 
 /// `Query`: the SQL text of a simple-protocol query.

@@ -19,11 +19,13 @@
 //! confused FIFO degrades capture, never the client's session.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 
 use crate::message::{backend_tag as bt, tag};
+use crate::plan::{CapturePlan, StepPlan};
 
 /// A forwarded frontend message that the server will answer.
 #[derive(Debug, Clone)]
@@ -34,8 +36,9 @@ pub enum Request {
     Parse,
     /// `Bind`; answered by `BindComplete`.
     Bind,
-    /// `Describe`; answered by `[ParameterDescription] RowDescription | NoData`.
-    Describe,
+    /// `Describe`; answered by `[ParameterDescription] RowDescription | NoData`. Carries
+    /// the capture plan when the described statement was rewritten.
+    Describe(Option<Arc<CapturePlan>>),
     /// `Execute`; answered by rows and `CommandComplete | EmptyQueryResponse | PortalSuspended`.
     Execute(Statement),
     /// `Close`; answered by `CloseComplete`.
@@ -55,7 +58,7 @@ impl Request {
             self,
             Request::Parse
                 | Request::Bind
-                | Request::Describe
+                | Request::Describe(_)
                 | Request::Execute(_)
                 | Request::Close
         )
@@ -69,6 +72,44 @@ pub struct Statement {
     pub sql: Option<Bytes>,
     /// When the proxy forwarded it.
     pub started: Option<Instant>,
+    /// The session's plan for each statement of the text (capture on).
+    pub steps: Option<Arc<[StepPlan]>>,
+    /// Which of `steps` the server is answering now (a simple query runs several).
+    pub step: usize,
+    /// Result columns come in binary format (`Bind` asked for it for all columns).
+    pub binary: bool,
+}
+
+impl Statement {
+    /// A statement known only by its text (or not even that).
+    pub fn new(sql: Option<Bytes>, started: Option<Instant>) -> Self {
+        Self {
+            sql,
+            started,
+            steps: None,
+            step: 0,
+            binary: false,
+        }
+    }
+
+    /// The plan of the statement being answered.
+    pub fn current(&self) -> Option<&StepPlan> {
+        self.steps.as_ref()?.get(self.step)
+    }
+}
+
+/// What the next `RowDescription` or `DataRow` belongs to, when capture rewrote it.
+#[derive(Debug, Clone)]
+pub enum Rewritten {
+    /// A `Describe` of a rewritten statement or portal.
+    Describe(Arc<CapturePlan>),
+    /// Rows of a rewritten statement.
+    Rows {
+        /// The statement.
+        statement: Statement,
+        /// Its capture plan.
+        plan: Arc<CapturePlan>,
+    },
 }
 
 /// A statement the server finished, as seen by the FIFO.
@@ -151,7 +192,7 @@ impl Pipeline {
                 None
             }
             bt::ROW_DESCRIPTION => {
-                if matches!(self.front(), Some(Request::Describe)) {
+                if matches!(self.front(), Some(Request::Describe(_))) {
                     self.pop_front();
                 }
                 None
@@ -213,11 +254,34 @@ impl Pipeline {
                 _ => None,
             },
             // A simple query answers each of its statements before one ReadyForQuery.
-            Some(Request::Query(statement)) => Some(Completion {
-                statement: statement.clone(),
-                tag,
-                error,
-            }),
+            Some(Request::Query(_)) => match self.queue.front_mut() {
+                Some(Request::Query(statement)) => {
+                    let done = statement.clone();
+                    statement.step += 1;
+                    Some(Completion {
+                        statement: done,
+                        tag,
+                        error,
+                    })
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// When the response at the front belongs to a statement capture rewrote: what to
+    /// do with its `RowDescription` and `DataRow`s.
+    pub fn rewritten(&mut self) -> Option<Rewritten> {
+        match self.front()? {
+            Request::Describe(Some(plan)) => Some(Rewritten::Describe(plan.clone())),
+            Request::Query(statement) | Request::Execute(statement) => {
+                let plan = statement.current()?.capture.clone()?;
+                Some(Rewritten::Rows {
+                    statement: statement.clone(),
+                    plan,
+                })
+            }
             _ => None,
         }
     }
@@ -325,6 +389,9 @@ mod tests {
 
     fn stmt(sql: &'static str) -> Statement {
         Statement {
+            steps: None,
+            step: 0,
+            binary: false,
             sql: Some(Bytes::from_static(sql.as_bytes())),
             started: None,
         }
@@ -335,7 +402,7 @@ mod tests {
             tag::QUERY => Some(Request::Query(stmt(sql))),
             tag::PARSE => Some(Request::Parse),
             tag::BIND => Some(Request::Bind),
-            tag::DESCRIBE => Some(Request::Describe),
+            tag::DESCRIBE => Some(Request::Describe(None)),
             tag::EXECUTE => Some(Request::Execute(stmt(sql))),
             tag::CLOSE => Some(Request::Close),
             _ => None,

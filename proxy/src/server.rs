@@ -119,6 +119,10 @@ pub(crate) struct Shared {
     pub stats: Arc<Stats>,
     pub shutdown: Shutdown,
     pub channel_binding_hint: Arc<str>,
+    /// Primary keys and access per database and role, for capture.
+    pub catalogs: Arc<crate::catalog::Catalogs>,
+    /// The upstream, shared with catalog connections.
+    pub upstream: Arc<crate::upstream::Upstream>,
 }
 
 /// Tells sessions to close at their next idle point.
@@ -233,6 +237,8 @@ impl Proxy {
             stats: Arc::default(),
             shutdown: Shutdown::default(),
             channel_binding_hint,
+            catalogs: Arc::default(),
+            upstream: Arc::new(config.upstream.clone()),
             config,
         });
         Ok(Self { listener, shared })

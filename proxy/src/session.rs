@@ -2,9 +2,12 @@
 //! running concurrently in one task over a shared request FIFO.
 //!
 //! Each loop reads what the socket has, finds whole frames, updates the FIFO, and
-//! forwards the bytes in one write. Nothing is rewritten yet; the loops hand every
-//! complete frame to the FIFO first, so capture can later decode or replace frames at
-//! that point. Buffers are bounded by the frame limit (large COPY data and rows are
+//! forwards the bytes in one write. With capture off that is all. With capture on, the
+//! client→server loop plans each `Query`/`Parse` (see [`crate::plan`]) and may replace
+//! it with the rewritten text (and a `Bind` with extended result formats); the
+//! server→client loop takes the appended columns off rewritten statements' results,
+//! turns them into row images, and tracks transactions ([`crate::txn`]). Buffers are
+//! bounded by the frame limit (large COPY data, and with capture off large rows, are
 //! streamed in pieces), and a loop does not read more until its write completed, so a
 //! slow client slows only its own upstream.
 
@@ -19,13 +22,17 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::capture::{CaptureEvent, SessionId};
+use crate::capture::{CaptureEvent, SessionId, TxOutcome};
+use crate::catalog::{self, Catalog, Snapshot};
 use crate::frame::{FrameCursor, FrameError, Next};
 use crate::message::{self, backend_tag as bt, sqlstate, tag};
-use crate::pipeline::{Completion, Pipeline, Request, Statement};
+use crate::pipeline::{Completion, Pipeline, Request, Rewritten, Statement};
+use crate::plan::{self, StepPlan};
+use crate::rewrite::{self, Analysis, Kind};
 use crate::server::{Shared, ShutdownSignal};
 use crate::startup::{self, AuthOutcome, Opening};
 use crate::stream::{ReadHalf, Stream, WriteHalf};
+use crate::txn::Tracker;
 use crate::upstream::UpstreamError;
 
 /// Bytes a relay loop asks the socket for at a time.
@@ -116,13 +123,93 @@ struct Relay {
     /// A loop is in the middle of a write; shutting down now would cut a frame.
     writing_up: bool,
     writing_down: bool,
+    /// Capture's response-side state (capture on).
+    capture: Option<CaptureState>,
 }
 
-/// SQL text by prepared-statement and portal name, tracked only when capture is on.
+/// What the server→client loop needs to turn results into capture events.
+struct CaptureState {
+    tracker: Tracker,
+    catalog: Arc<Catalog>,
+    database: String,
+}
+
+/// What capture knows about a prepared statement or portal.
+#[derive(Clone)]
+struct Prepared {
+    sql: Bytes,
+    steps: Option<Arc<[StepPlan]>>,
+    binary: bool,
+}
+
+/// SQL text and plans by prepared-statement and portal name, tracked only when capture is on.
 #[derive(Default)]
 struct SqlNames {
-    statements: HashMap<Bytes, Bytes>,
-    portals: HashMap<Bytes, Bytes>,
+    statements: HashMap<Bytes, Prepared>,
+    portals: HashMap<Bytes, Prepared>,
+}
+
+/// The client→server loop's capture state: analyses by SQL text, and the catalog.
+struct Planner {
+    names: SqlNames,
+    analyses: HashMap<Bytes, Arc<Analysis>>,
+    catalog: Arc<Catalog>,
+    target: catalog::Target,
+}
+
+/// Analyses cached per session; cleared when full (apps reuse a small set of texts).
+const ANALYSIS_CACHE: usize = 512;
+
+impl Planner {
+    /// The analysis of `sql` (its body without a trailing sqlcommenter comment), cached.
+    fn analyze(&mut self, sql: &[u8]) -> Option<(Arc<Analysis>, Option<String>)> {
+        let text = std::str::from_utf8(sql).ok()?;
+        let (body, comment) = rewrite::split_trailing_comment(text);
+        let trailing = comment.and_then(rewrite::sqlcommenter_request_id);
+        if let Some(a) = self.analyses.get(body.as_bytes()) {
+            return Some((a.clone(), trailing));
+        }
+        let analysis = Arc::new(rewrite::analyze(body));
+        if self.analyses.len() >= ANALYSIS_CACHE {
+            self.analyses.clear();
+        }
+        self.analyses
+            .insert(Bytes::copy_from_slice(body.as_bytes()), analysis.clone());
+        Some((analysis, trailing))
+    }
+
+    /// Plans `sql`; returns the plans and the replacement text, if rewritten.
+    fn plan(
+        &mut self,
+        sql: &[u8],
+        snapshot: Option<&Snapshot>,
+    ) -> (Option<Arc<[StepPlan]>>, Option<String>) {
+        let Some((analysis, trailing)) = self.analyze(sql) else {
+            return (None, None);
+        };
+        let Ok(text) = std::str::from_utf8(sql) else {
+            return (None, None);
+        };
+        let error = snapshot
+            .is_none()
+            .then(|| self.catalog.last_error())
+            .flatten();
+        let planned = plan::plan(
+            text,
+            &analysis,
+            trailing.as_deref(),
+            snapshot,
+            error.as_deref(),
+        );
+        if planned.unknown_table {
+            self.catalog.invalidate();
+        }
+        (Some(planned.steps), planned.sql)
+    }
+}
+
+fn has_write(a: &Analysis) -> bool {
+    a.steps.iter().any(|s| matches!(s.kind, Kind::Write(_)))
 }
 
 /// Runs one accepted connection to completion. Never panics on peer input; every
@@ -260,7 +347,27 @@ async fn serve(
         return Ok(());
     }
 
+    let mut planner = None;
+    let mut capture = None;
     if let Some(sink) = &shared.sink {
+        let catalog = shared.catalogs.get(&database, &user);
+        planner = Some(Planner {
+            names: SqlNames::default(),
+            analyses: HashMap::new(),
+            catalog: catalog.clone(),
+            target: catalog::Target {
+                upstream: shared.upstream.clone(),
+                tls: shared.upstream_tls.clone(),
+                timeout: cfg.connect_timeout,
+                database: database.clone(),
+                user: user.clone(),
+            },
+        });
+        capture = Some(CaptureState {
+            tracker: Tracker::new(id),
+            catalog,
+            database: database.clone(),
+        });
         sink.emit(CaptureEvent::SessionStarted {
             session: id,
             peer,
@@ -272,11 +379,12 @@ async fn serve(
         pipeline: Pipeline::new(shared.sink.is_some()),
         writing_up: false,
         writing_down: false,
+        capture,
     });
     let end = {
         let (mut crd, mut cwr) = client.split();
         let (mut srd, mut swr) = server.split();
-        let up = client_to_server(&mut crd, &mut swr, &relay, shared);
+        let up = client_to_server(&mut crd, &mut swr, &relay, planner, shared);
         let down = server_to_client(&mut srd, &mut cwr, &relay, id, shared);
         let signal = shared.shutdown.register();
         let shutdown = shutdown_point(&relay, shared, &signal);
@@ -289,6 +397,17 @@ async fn serve(
         }
     };
     if let Some(sink) = &shared.sink {
+        let mut events = Vec::new();
+        {
+            let mut r = lock(&relay);
+            let in_flight = r.pipeline.in_flight() > 0;
+            if let Some(c) = &mut r.capture {
+                c.tracker.on_lost(in_flight, &mut events);
+            }
+        }
+        for e in events {
+            sink.emit(e);
+        }
         sink.emit(CaptureEvent::SessionEnded { session: id });
     }
     let desyncs = lock(&relay).pipeline.desyncs();
@@ -381,12 +500,14 @@ async fn client_to_server(
     rd: &mut ReadHalf<'_>,
     wr: &mut WriteHalf<'_>,
     relay: &Mutex<Relay>,
+    mut planner: Option<Planner>,
     shared: &Shared,
 ) -> Result<RelayEnd, SessionError> {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut cursor = FrameCursor::new(shared.config.max_frame_len);
     let mut frames = FrameIndex::new();
-    let mut names = shared.sink.is_some().then(SqlNames::default);
+    let mut replaced: Vec<(usize, Option<Bytes>)> = Vec::new();
+    let mut out = BytesMut::new();
     let mut want = 0;
     loop {
         let n = read_more(rd, &mut buf, want)
@@ -411,20 +532,44 @@ async fn client_to_server(
             continue;
         }
         let chunk = &buf[..end];
+        // A write to plan needs the catalog; reading it may wait on the side connection,
+        // so it happens before the relay state is locked.
+        let snapshot = match &mut planner {
+            Some(p) => snapshot_for(p, chunk, &frames).await,
+            None => None,
+        };
+        replaced.clear();
         {
             let mut r = lock(relay);
-            for &(t, at, size) in &frames {
-                // SQL text outlives the read buffer (named statements), so it is copied,
-                // and only when capture tracks it.
-                let frame = || Bytes::copy_from_slice(&chunk[at..at + size]);
-                r.pipeline
-                    .on_frontend(t, || request_for(t, frame, names.as_mut()));
+            for (i, &(t, at, size)) in frames.iter().enumerate() {
+                let frame = &chunk[at..at + size];
+                match &mut planner {
+                    None => r.pipeline.on_frontend(t, || untracked_request(t)),
+                    Some(p) => {
+                        let mut replacement = None;
+                        r.pipeline.on_frontend(t, || {
+                            let (req, new) = plan_frontend(t, frame, p, snapshot.as_deref());
+                            replacement = new;
+                            req
+                        });
+                        if replacement.is_some() {
+                            replaced.push((i, replacement));
+                        }
+                    }
+                }
             }
             r.writing_up = true;
         }
-        wr.write_all(chunk).await.map_err(SessionError::ServerIo)?;
+        let bytes = if replaced.is_empty() {
+            chunk
+        } else {
+            assemble(&mut out, chunk, &frames, &replaced);
+            &out[..]
+        };
+        wr.write_all(bytes).await.map_err(SessionError::ServerIo)?;
         wr.flush().await.map_err(SessionError::ServerIo)?;
         buf.advance(end);
+        out.clear();
         lock(relay).writing_up = false;
         if frames.last().is_some_and(|&(t, _, _)| t == tag::TERMINATE) {
             return Ok(RelayEnd::ClientTerminated);
@@ -432,69 +577,169 @@ async fn client_to_server(
     }
 }
 
-/// The FIFO entry for a frontend message (`None` for messages that expect no answer).
-/// Frames are decoded only when `names` is tracked (capture on); otherwise this is a
-/// match on the tag and nothing more.
-fn request_for(
-    t: u8,
-    frame: impl FnOnce() -> Bytes,
-    names: Option<&mut SqlNames>,
-) -> Option<Request> {
-    let Some(names) = names else {
-        let untracked = || Statement {
-            sql: None,
-            started: None,
+/// The catalog snapshot for planning this chunk: the cached one, or a fresh read when a
+/// write in the chunk needs it and the cache is missing or stale.
+async fn snapshot_for(p: &mut Planner, chunk: &[u8], frames: &FrameIndex) -> Option<Arc<Snapshot>> {
+    let mut writes = false;
+    for &(t, at, size) in frames {
+        if t != tag::QUERY && t != tag::PARSE {
+            continue;
+        }
+        let frame = Bytes::copy_from_slice(&chunk[at..at + size]);
+        let sql = match t {
+            tag::QUERY => message::query_sql(&frame).ok(),
+            _ => message::parse_message(&frame).ok().map(|(_, sql)| sql),
         };
-        return match t {
-            tag::QUERY => Some(Request::Query(untracked())),
-            tag::EXECUTE => Some(Request::Execute(untracked())),
-            tag::PARSE => Some(Request::Parse),
-            tag::BIND => Some(Request::Bind),
-            tag::CLOSE => Some(Request::Close),
-            tag::DESCRIBE => Some(Request::Describe),
-            tag::FUNCTION_CALL => Some(Request::FunctionCall),
-            _ => None,
+        if let Some((a, _)) = sql.as_deref().and_then(|sql| p.analyze(sql)) {
+            writes |= has_write(&a);
+        }
+    }
+    if writes {
+        p.catalog.current(&p.target).await
+    } else {
+        p.catalog.cached()
+    }
+}
+
+/// Copies `chunk` into `out` with the frames at the listed indices replaced (`None`
+/// drops the frame). Bytes outside indexed frames (streamed pieces) are kept as they are.
+fn assemble(
+    out: &mut BytesMut,
+    chunk: &[u8],
+    frames: &FrameIndex,
+    replaced: &[(usize, Option<Bytes>)],
+) {
+    out.clear();
+    let mut pos = 0;
+    for (i, replacement) in replaced {
+        let Some(&(_, at, size)) = frames.get(*i) else {
+            continue;
         };
-    };
-    let tracked = |sql: Option<Bytes>| Statement {
-        started: Some(Instant::now()),
-        sql,
-    };
+        out.extend_from_slice(chunk.get(pos..at).unwrap_or_default());
+        if let Some(r) = replacement {
+            out.extend_from_slice(r);
+        }
+        pos = at + size;
+    }
+    out.extend_from_slice(chunk.get(pos..).unwrap_or_default());
+}
+
+/// The FIFO entry for a frontend message when capture is off: a match on the tag.
+fn untracked_request(t: u8) -> Option<Request> {
     match t {
-        tag::QUERY => Some(Request::Query(tracked(message::query_sql(&frame()).ok()))),
+        tag::QUERY => Some(Request::Query(Statement::new(None, None))),
+        tag::EXECUTE => Some(Request::Execute(Statement::new(None, None))),
+        tag::PARSE => Some(Request::Parse),
+        tag::BIND => Some(Request::Bind),
+        tag::CLOSE => Some(Request::Close),
+        tag::DESCRIBE => Some(Request::Describe(None)),
+        tag::FUNCTION_CALL => Some(Request::FunctionCall),
+        _ => None,
+    }
+}
+
+/// With capture on: the FIFO entry for a frontend message, and the frame to send
+/// instead when capture rewrites it.
+fn plan_frontend(
+    t: u8,
+    frame: &[u8],
+    p: &mut Planner,
+    snapshot: Option<&Snapshot>,
+) -> (Option<Request>, Option<Bytes>) {
+    let frame = || Bytes::copy_from_slice(frame);
+    match t {
+        tag::QUERY => {
+            let sql = message::query_sql(&frame()).ok();
+            let (steps, rewritten) = match &sql {
+                Some(sql) => p.plan(sql, snapshot),
+                None => (None, None),
+            };
+            let mut statement = Statement::new(sql, Some(Instant::now()));
+            statement.steps = steps;
+            let replacement = rewritten.map(|sql| message::query(&sql));
+            (Some(Request::Query(statement)), replacement)
+        }
         tag::PARSE => {
-            if let Ok((name, sql)) = message::parse_message(&frame()) {
-                names.statements.insert(name, sql);
+            let f = frame();
+            let mut replacement = None;
+            if let Ok((name, sql)) = message::parse_message(&f) {
+                let (steps, rewritten) = p.plan(&sql, snapshot);
+                replacement = rewritten.and_then(|text| message::parse_with_sql(&f, &text).ok());
+                p.names.statements.insert(
+                    name,
+                    Prepared {
+                        sql,
+                        steps,
+                        binary: false,
+                    },
+                );
             }
-            Some(Request::Parse)
+            (Some(Request::Parse), replacement)
         }
         tag::BIND => {
-            if let Ok((portal, stmt)) = message::bind_names(&frame()) {
-                if let Some(sql) = names.statements.get(&stmt).cloned() {
-                    names.portals.insert(portal, sql);
+            let f = frame();
+            let mut replacement = None;
+            if let Ok((portal, stmt)) = message::bind_names(&f) {
+                if let Some(mut prepared) = p.names.statements.get(&stmt).cloned() {
+                    let captured = prepared
+                        .steps
+                        .as_ref()
+                        .is_some_and(|s| s.iter().any(|s| s.capture.is_some()));
+                    if let (true, Ok((at, codes))) = (captured, message::bind_result_formats(&f)) {
+                        // One code applies to every column, ours included (decoded either
+                        // way); per-column codes need ours added, as text.
+                        prepared.binary = codes.len() == 1 && codes.first() == Some(&1);
+                        if codes.len() > 1 {
+                            replacement = Some(message::bind_with_extra_formats(
+                                &f,
+                                at,
+                                &codes,
+                                rewrite::CAPTURE_COLUMNS,
+                            ));
+                        }
+                    }
+                    p.names.portals.insert(portal, prepared);
                 }
             }
-            Some(Request::Bind)
+            (Some(Request::Bind), replacement)
         }
         tag::EXECUTE => {
-            let sql = message::execute_portal(&frame())
+            let prepared = message::execute_portal(&frame())
                 .ok()
-                .and_then(|portal| names.portals.get(&portal).cloned());
-            Some(Request::Execute(tracked(sql)))
+                .and_then(|portal| p.names.portals.get(&portal).cloned());
+            let mut statement = Statement::new(
+                prepared.as_ref().map(|x| x.sql.clone()),
+                Some(Instant::now()),
+            );
+            if let Some(x) = prepared {
+                statement.steps = x.steps;
+                statement.binary = x.binary;
+            }
+            (Some(Request::Execute(statement)), None)
         }
         tag::CLOSE => {
             if let Ok((kind, name)) = message::target(&frame()) {
                 if kind == b'S' {
-                    names.statements.remove(&name);
+                    p.names.statements.remove(&name);
                 } else {
-                    names.portals.remove(&name);
+                    p.names.portals.remove(&name);
                 }
             }
-            Some(Request::Close)
+            (Some(Request::Close), None)
         }
-        tag::DESCRIBE => Some(Request::Describe),
-        tag::FUNCTION_CALL => Some(Request::FunctionCall),
-        _ => None,
+        tag::DESCRIBE => {
+            let plan = message::target(&frame()).ok().and_then(|(kind, name)| {
+                let prepared = if kind == b'S' {
+                    p.names.statements.get(&name)
+                } else {
+                    p.names.portals.get(&name)
+                }?;
+                prepared.steps.as_ref()?.first()?.capture.clone()
+            });
+            (Some(Request::Describe(plan)), None)
+        }
+        tag::FUNCTION_CALL => (Some(Request::FunctionCall), None),
+        _ => (None, None),
     }
 }
 
@@ -509,8 +754,17 @@ async fn server_to_client(
     let mut cursor = FrameCursor::new(shared.config.max_frame_len);
     let mut frames = FrameIndex::new();
     let mut completions = Vec::new();
+    let mut events = Vec::new();
+    let mut replaced: Vec<(usize, Option<Bytes>)> = Vec::new();
+    let mut out = BytesMut::new();
     let mut server_said_fatal = false;
     let mut want = 0;
+    // Rows of rewritten statements must arrive whole to lose their appended columns.
+    let streamable = if shared.sink.is_some() {
+        client_streamable
+    } else {
+        server_streamable
+    };
     loop {
         let n = match read_more(rd, &mut buf, want).await {
             Ok(n) => n,
@@ -527,37 +781,134 @@ async fn server_to_client(
                 RelayEnd::ServerClosed
             });
         }
-        let (end, need) = scan(&buf, &mut cursor, &mut frames, server_streamable, None)
+        let (end, need) = scan(&buf, &mut cursor, &mut frames, streamable, None)
             .map_err(SessionError::ServerFrame)?;
         want = need;
         if end == 0 {
             continue;
         }
         let chunk = &buf[..end];
+        replaced.clear();
+        let mut committed = false;
         {
             let mut r = lock(relay);
-            for &(t, at, size) in &frames {
+            let r = &mut *r;
+            for (i, &(t, at, size)) in frames.iter().enumerate() {
                 let frame = &chunk[at..at + size];
                 if t == bt::ERROR_RESPONSE
                     && message::error_fields(frame).is_ok_and(|e| e.is_fatal())
                 {
                     server_said_fatal = true;
                 }
+                let Some(capture) = &mut r.capture else {
+                    r.pipeline.on_backend(t, frame);
+                    continue;
+                };
+                if t == bt::ROW_DESCRIPTION || t == bt::DATA_ROW {
+                    if let Some(replacement) =
+                        strip_capture(t, frame, &mut r.pipeline, capture, &mut events)
+                    {
+                        replaced.push((i, replacement));
+                    }
+                }
                 if let Some(done) = r.pipeline.on_backend(t, frame) {
+                    if let Some(step) = done.statement.current() {
+                        let tag = match (&done.error, &done.tag) {
+                            (Some(_), _) => None,
+                            (None, Some(tag)) => Some(String::from_utf8_lossy(tag)),
+                            (None, None) => Some("".into()),
+                        };
+                        capture
+                            .tracker
+                            .on_completion(step, tag.as_deref(), &mut events);
+                        if step.kind == Kind::Ddl && tag.is_some() {
+                            shared.catalogs.invalidate_database(&capture.database);
+                        }
+                    }
                     completions.push(done);
+                }
+                if t == bt::READY_FOR_QUERY {
+                    capture
+                        .tracker
+                        .on_ready(r.pipeline.tx_status(), &mut events);
                 }
             }
             r.writing_down = true;
         }
-        wr.write_all(chunk).await.map_err(SessionError::ClientIo)?;
+        if let Some(sink) = &shared.sink {
+            for e in events.drain(..) {
+                committed |= matches!(
+                    e,
+                    CaptureEvent::TxEnded {
+                        outcome: TxOutcome::Committed | TxOutcome::Unknown,
+                        ..
+                    }
+                );
+                sink.emit(e);
+            }
+            if committed {
+                // Strict durability: the commit's answer waits for its records.
+                if let Some(durable) = sink.durable() {
+                    durable.await;
+                }
+            }
+        }
+        let bytes = if replaced.is_empty() {
+            chunk
+        } else {
+            assemble(&mut out, chunk, &frames, &replaced);
+            &out[..]
+        };
+        wr.write_all(bytes).await.map_err(SessionError::ClientIo)?;
         wr.flush().await.map_err(SessionError::ClientIo)?;
         buf.advance(end);
+        out.clear();
         lock(relay).writing_down = false;
         if let Some(sink) = &shared.sink {
             for done in completions.drain(..) {
                 sink.emit(statement_event(id, done));
             }
         }
+    }
+}
+
+/// For a `RowDescription` or `DataRow` of a statement capture rewrote: reads the images
+/// into events and returns what the client gets instead (`Some(None)` drops the frame).
+fn strip_capture(
+    t: u8,
+    frame: &[u8],
+    pipeline: &mut Pipeline,
+    capture: &mut CaptureState,
+    events: &mut Vec<CaptureEvent>,
+) -> Option<Option<Bytes>> {
+    match (pipeline.rewritten()?, t) {
+        (Rewritten::Describe(plan), bt::ROW_DESCRIPTION) => Some(Some(if plan.keep_returning {
+            plan::strip_row_description(frame)?
+        } else {
+            message::encode(bt::NO_DATA, &[])
+        })),
+        (Rewritten::Rows { plan, .. }, bt::ROW_DESCRIPTION) => Some(if plan.keep_returning {
+            Some(plan::strip_row_description(frame)?)
+        } else {
+            None
+        }),
+        (Rewritten::Rows { statement, plan }, bt::DATA_ROW) => {
+            let (kept, images) =
+                plan::split_data_row(frame, statement.binary, plan.keep_returning)?;
+            // The row's tableoid names the table actually written (a partition maps to
+            // its root); the planned name stands when the catalog does not know it.
+            let table = images
+                .oid
+                .and_then(|oid| {
+                    let snapshot = capture.catalog.cached()?;
+                    snapshot.root_of(oid).map(|t| t.display_name())
+                })
+                .unwrap_or_else(|| plan.table.clone());
+            let step = statement.current()?;
+            events.push(capture.tracker.on_row(step, &plan, table, images));
+            Some(kept)
+        }
+        _ => None,
     }
 }
 

@@ -84,6 +84,9 @@ pub struct Upstream {
     pub user: Option<String>,
     /// Database for clients that send none.
     pub database: Option<String>,
+    /// Password for the proxy's own catalog connection (capture). Clients always
+    /// authenticate end to end; this is never used for their sessions.
+    pub password: Option<String>,
     /// TLS policy.
     pub sslmode: SslMode,
     /// CA bundle (PEM) for `verify-ca`/`verify-full`.
@@ -130,16 +133,19 @@ impl FromStr for Upstream {
                 _ => {}
             }
         }
-        if url.password().is_some() {
-            tracing::warn!(
-                "the upstream URL's password is ignored: clients authenticate end to end"
-            );
-        }
+        // Clients authenticate end to end; a password here only serves the catalog
+        // connection capture uses to read primary keys.
+        let password = url.password().map(|p| {
+            percent_encoding::percent_decode_str(p)
+                .decode_utf8_lossy()
+                .into_owned()
+        });
         Ok(Upstream {
             host,
             port,
             user,
             database,
+            password,
             sslmode,
             sslrootcert,
         })

@@ -1,0 +1,373 @@
+//! What capture needs from `pg_catalog`: each table's primary key, whether the session's
+//! role may read it, row-level security, and partition roots.
+//!
+//! Read over a side connection per (database, role) with `tokio-postgres`, on a stream the
+//! proxy opens exactly as it opens a session's upstream (same host, TLS, Unix socket), and
+//! logging in as the session's role. The proxy never sees client passwords, so this works
+//! where the server trusts the proxy's host (trust/peer) or where the upstream URL carries
+//! a password for it; otherwise capture records gaps that say the catalog was unreachable.
+//! Snapshots are shared by all sessions on the same database and role, refreshed when DDL
+//! passes through or an unknown table is written (at most once per [`REFRESH_EVERY`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::upstream::Upstream;
+
+/// Minimum time between two refresh attempts of one catalog.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+/// A table as capture sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    /// `pg_class.oid`.
+    pub oid: u32,
+    /// Schema.
+    pub schema: String,
+    /// Table name.
+    pub name: String,
+    /// Primary-key columns in key order (empty: no primary key).
+    pub pk: Vec<String>,
+    /// Row-level security is enabled.
+    pub rls: bool,
+    /// The session's role has SELECT on it.
+    pub can_select: bool,
+    /// The partition tree's root (the table itself when not a partition).
+    pub root: u32,
+}
+
+impl TableInfo {
+    /// The name the store and the CLI use: `users` for `public.users`, else `schema.table`.
+    pub fn display_name(&self) -> String {
+        display_name(&self.schema, &self.name)
+    }
+}
+
+/// The store's name for a table.
+pub fn display_name(schema: &str, name: &str) -> String {
+    if schema == "public" {
+        name.to_string()
+    } else {
+        format!("{schema}.{name}")
+    }
+}
+
+/// One read of the catalog.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// `server_version_num` (e.g. 150012, 180006).
+    pub server_version: i32,
+    by_oid: HashMap<u32, Arc<TableInfo>>,
+    by_name: HashMap<String, Vec<Arc<TableInfo>>>,
+}
+
+/// The result of resolving a table name.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Exactly one table (or several that agree on everything capture needs).
+    Found(Arc<TableInfo>),
+    /// Several schemas hold tables of that name that differ; `search_path` decides.
+    Ambiguous,
+    /// No such table in the snapshot.
+    Missing,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from table rows (also used by tests).
+    pub fn new(server_version: i32, tables: Vec<TableInfo>) -> Self {
+        let mut s = Snapshot {
+            server_version,
+            ..Default::default()
+        };
+        for t in tables {
+            let t = Arc::new(t);
+            s.by_name.entry(t.name.clone()).or_default().push(t.clone());
+            s.by_oid.insert(t.oid, t);
+        }
+        s
+    }
+
+    /// Resolves a name as written (`[table]` or `[schema, table]`, normalised). An
+    /// unqualified name found in several schemas resolves only when they agree on primary
+    /// key and access; the row's `tableoid` then says which one was written.
+    pub fn lookup(&self, parts: &[String]) -> Lookup {
+        let (schema, name) = match parts {
+            [name] => (None, name),
+            [.., schema, name] => (Some(schema), name),
+            [] => return Lookup::Missing,
+        };
+        let Some(candidates) = self.by_name.get(name) else {
+            return Lookup::Missing;
+        };
+        let mut matching = candidates
+            .iter()
+            .filter(|t| schema.is_none_or(|s| &t.schema == s));
+        let Some(first) = matching.next() else {
+            return Lookup::Missing;
+        };
+        let agree = |t: &&Arc<TableInfo>| {
+            t.pk == first.pk && t.rls == first.rls && t.can_select == first.can_select
+        };
+        if matching.all(|t| agree(&t)) {
+            Lookup::Found(first.clone())
+        } else {
+            Lookup::Ambiguous
+        }
+    }
+
+    /// The root table of the relation with this oid (a partition maps to its root).
+    pub fn root_of(&self, oid: u32) -> Option<&Arc<TableInfo>> {
+        let t = self.by_oid.get(&oid)?;
+        self.by_oid.get(&t.root).or(Some(t))
+    }
+
+    /// Whether this is PostgreSQL 18 or later (`RETURNING old/new`).
+    pub fn has_old_new(&self) -> bool {
+        self.server_version >= 180000
+    }
+}
+
+const TABLES_SQL: &str = "\
+SELECT c.oid::int8, n.nspname::text, c.relname::text,
+       ARRAY(SELECT a.attname::text
+               FROM pg_index i
+               CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+              WHERE i.indrelid = c.oid AND i.indisprimary
+              ORDER BY k.ord) AS pk,
+       c.relrowsecurity,
+       has_table_privilege($1::text, c.oid, 'SELECT'),
+       coalesce(pg_partition_root(c.oid)::oid, c.oid)::int8,
+       current_setting('server_version_num')::int4
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND n.nspname NOT LIKE 'pg_toast%'";
+
+/// Where and as whom to read one database's catalog.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The upstream server.
+    pub upstream: Arc<Upstream>,
+    /// TLS for the upstream, as sessions use it.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Connect timeout.
+    pub timeout: Duration,
+    /// The session's database.
+    pub database: String,
+    /// The session's role.
+    pub user: String,
+}
+
+/// One database and role's catalog: the latest snapshot and the side connection.
+#[derive(Default)]
+pub struct Catalog {
+    snapshot: RwLock<Option<Arc<Snapshot>>>,
+    stale: AtomicBool,
+    refresher: tokio::sync::Mutex<Refresher>,
+    last_error: Mutex<Option<String>>,
+}
+
+#[derive(Default)]
+struct Refresher {
+    client: Option<tokio_postgres::Client>,
+    last_attempt: Option<Instant>,
+}
+
+impl Catalog {
+    /// The latest snapshot without waiting (None until the first read succeeds).
+    pub fn cached(&self) -> Option<Arc<Snapshot>> {
+        self.snapshot.read().ok().and_then(|s| s.clone())
+    }
+
+    /// Marks the snapshot out of date (DDL passed through, or an unknown table).
+    pub fn invalidate(&self) {
+        self.stale.store(true, Ordering::Relaxed);
+    }
+
+    /// Why the last read failed, if it did.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// A current snapshot: the cached one unless it is stale (or missing), in which case
+    /// it is re-read, at most once per [`REFRESH_EVERY`]. Returns what it has on failure.
+    pub async fn current(&self, target: &Target) -> Option<Arc<Snapshot>> {
+        let cached = self.cached();
+        if cached.is_some() && !self.stale.load(Ordering::Relaxed) {
+            return cached;
+        }
+        let mut r = self.refresher.lock().await;
+        // Another session may have refreshed while this one waited for the lock.
+        let cached = self.cached();
+        if cached.is_some() && !self.stale.load(Ordering::Relaxed) {
+            return cached;
+        }
+        if r.last_attempt.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
+            return cached;
+        }
+        r.last_attempt = Some(Instant::now());
+        self.stale.store(false, Ordering::Relaxed);
+        match tokio::time::timeout(target.timeout * 2, read(&mut r, target)).await {
+            Ok(Ok(snapshot)) => {
+                let snapshot = Arc::new(snapshot);
+                if let Ok(mut s) = self.snapshot.write() {
+                    *s = Some(snapshot.clone());
+                }
+                if let Ok(mut e) = self.last_error.lock() {
+                    *e = None;
+                }
+                Some(snapshot)
+            }
+            outcome => {
+                let reason = match outcome {
+                    Ok(Err(e)) => e,
+                    _ => "timed out".to_string(),
+                };
+                tracing::warn!(
+                    database = %target.database,
+                    user = %target.user,
+                    "cannot read pg_catalog for capture: {reason}"
+                );
+                r.client = None;
+                if let Ok(mut e) = self.last_error.lock() {
+                    *e = Some(reason);
+                }
+                cached
+            }
+        }
+    }
+}
+
+async fn read(r: &mut Refresher, target: &Target) -> Result<Snapshot, String> {
+    if r.client.as_ref().is_none_or(|c| c.is_closed()) {
+        r.client = Some(connect(target).await?);
+    }
+    let client = r.client.as_ref().ok_or("no connection")?;
+    let rows = client
+        .query(TABLES_SQL, &[&target.user])
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut version = 0;
+    let mut tables = Vec::with_capacity(rows.len());
+    for row in rows {
+        let cell = |e: tokio_postgres::Error| e.to_string();
+        let oid: i64 = row.try_get(0).map_err(cell)?;
+        let root: i64 = row.try_get(6).map_err(cell)?;
+        version = row.try_get(7).map_err(cell)?;
+        tables.push(TableInfo {
+            oid: u32::try_from(oid).unwrap_or_default(),
+            schema: row.try_get(1).map_err(cell)?,
+            name: row.try_get(2).map_err(cell)?,
+            pk: row.try_get(3).map_err(cell)?,
+            rls: row.try_get(4).map_err(cell)?,
+            can_select: row.try_get(5).map_err(cell)?,
+            root: u32::try_from(root).unwrap_or_default(),
+        });
+    }
+    if version == 0 {
+        // An empty database: ask for the version on its own.
+        let row = client
+            .query_one("SELECT current_setting('server_version_num')::int4", &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        version = row.try_get(0).map_err(|e| e.to_string())?;
+    }
+    Ok(Snapshot::new(version, tables))
+}
+
+async fn connect(target: &Target) -> Result<tokio_postgres::Client, String> {
+    let stream = target
+        .upstream
+        .connect(target.tls.as_ref(), target.timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .user(&target.user)
+        .dbname(&target.database)
+        .application_name("flux-catalog")
+        // The stream is already encrypted when the upstream wants TLS.
+        .ssl_mode(tokio_postgres::config::SslMode::Disable);
+    if let Some(password) = &target.upstream.password {
+        config.password(password);
+    }
+    let (client, connection) = config
+        .connect_raw(stream, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("catalog connection ended: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// All catalogs of one proxy, by (database, role).
+#[derive(Default)]
+pub struct Catalogs {
+    map: Mutex<HashMap<(String, String), Arc<Catalog>>>,
+}
+
+impl Catalogs {
+    /// The catalog for a database and role, created empty on first use.
+    pub fn get(&self, database: &str, user: &str) -> Arc<Catalog> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry((database.to_string(), user.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    /// Marks every catalog of a database stale (DDL changes it for all roles).
+    pub fn invalidate_database(&self, database: &str) {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        for ((db, _), c) in map.iter() {
+            if db == database {
+                c.invalidate();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(oid: u32, schema: &str, name: &str, pk: &[&str]) -> TableInfo {
+        TableInfo {
+            oid,
+            schema: schema.into(),
+            name: name.into(),
+            pk: pk.iter().map(|s| s.to_string()).collect(),
+            rls: false,
+            can_select: true,
+            root: oid,
+        }
+    }
+
+    #[test]
+    fn lookup_by_name_schema_and_partition_root() {
+        let mut part = table(3, "public", "events_2026", &["id"]);
+        part.root = 2;
+        let s = Snapshot::new(
+            150000,
+            vec![
+                table(1, "public", "users", &["id"]),
+                table(2, "public", "events", &["id"]),
+                part,
+                table(4, "app", "users", &["id", "k"]),
+            ],
+        );
+        assert!(matches!(s.lookup(&["users".into()]), Lookup::Ambiguous));
+        match s.lookup(&["app".into(), "users".into()]) {
+            Lookup::Found(t) => assert_eq!(t.display_name(), "app.users"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(s.lookup(&["nope".into()]), Lookup::Missing));
+        assert_eq!(s.root_of(3).map(|t| t.name.as_str()), Some("events"));
+        assert!(!s.has_old_new());
+    }
+}
