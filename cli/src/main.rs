@@ -1,7 +1,8 @@
 //! `flux`: the command-line entry point. Parses arguments, wires the library crates
-//! together and renders; the logic lives in `flux-proxy` (and, later, `flux-store`).
+//! together and renders; the logic lives in `flux-proxy` and `flux-store`.
 
 mod commands;
+mod sink;
 
 use std::process::ExitCode;
 
@@ -24,6 +25,9 @@ struct Cli {
 enum Command {
     /// Run the proxy in front of a PostgreSQL server.
     Proxy(commands::proxy::ProxyArgs),
+    /// Row history and column blame from the record.
+    #[command(subcommand)]
+    State(commands::state::StateCommand),
 }
 
 fn main() -> ExitCode {
@@ -32,11 +36,12 @@ fn main() -> ExitCode {
     init_logging(&cli.log);
     let result = match cli.command {
         Command::Proxy(args) => commands::proxy::run(args),
+        Command::State(command) => commands::state::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // One line on stderr, where the logs go too.
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }

@@ -1,11 +1,11 @@
 //! The `flux` binary: flags, help, exit codes, readiness line, and clean shutdown on
 //! SIGINT/SIGTERM with sessions closed at an idle point.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use flux_integration_tests::pg::{free_port, Options, PgCluster, DB, PASSWORD, USER};
+use flux_integration_tests::process::{signal, start_proxy, wait_exit};
 
 fn flux() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flux"))
@@ -54,56 +54,6 @@ fn version_help_and_usage_errors() {
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--upstream"));
-}
-
-/// Starts `flux proxy` and waits for its `listening on` line.
-fn start_proxy(cmd: &mut Command, listen: &str) -> Child {
-    let mut child = cmd
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn flux");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("flux printed `listening on` in time");
-        if line.contains(&format!("listening on {listen}")) {
-            break;
-        }
-    }
-    // Keep draining so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in rx {});
-    child
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success());
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("flux did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod pg;
+pub mod process;
 pub mod proxy;
 pub mod wire;
 

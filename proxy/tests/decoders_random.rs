@@ -101,17 +101,11 @@ fn fifo_survives_any_message_order() {
             if rng.below(2) == 0 {
                 let t = b"QPBDECSHFdcfX"[rng.below(13)];
                 p.on_frontend(t, || match t {
-                    b'Q' => Some(Request::Query(Statement {
-                        sql: None,
-                        started: None,
-                    })),
-                    b'E' => Some(Request::Execute(Statement {
-                        sql: None,
-                        started: None,
-                    })),
+                    b'Q' => Some(Request::Query(Statement::new(None, None))),
+                    b'E' => Some(Request::Execute(Statement::new(None, None))),
                     b'P' => Some(Request::Parse),
                     b'B' => Some(Request::Bind),
-                    b'D' => Some(Request::Describe),
+                    b'D' => Some(Request::Describe(None)),
                     b'C' => Some(Request::Close),
                     b'F' => Some(Request::FunctionCall),
                     _ => None,
@@ -123,5 +117,54 @@ fn fifo_survives_any_message_order() {
             }
             assert!(p.in_flight() <= 60);
         }
+    }
+}
+
+#[test]
+fn capture_decoders_and_analysis_survive_any_input() {
+    use flux_proxy::{plan, rewrite};
+    let mut rng = Rng(0xfeed_beef);
+    // Pieces of SQL, glued at random, so the parser sees near-valid statements too.
+    let pieces = [
+        "insert into t values (1)",
+        "update t set a = 1",
+        " where ",
+        "delete from t",
+        " returning *",
+        ";",
+        "/*",
+        "*/",
+        "'",
+        "\"",
+        "$$",
+        "--",
+        "\n",
+        " on conflict (a) do update set b = 2",
+        "(",
+        ")",
+        "é",
+        "set local flux.request_id = 'x'",
+        "savepoint s",
+        "rollback to s",
+        "with x as (",
+        "select set_config('flux.request_id', 'r', true)",
+        "traceparent='00-",
+        ",",
+    ];
+    for _ in 0..3000 {
+        let mut sql = String::new();
+        for _ in 0..rng.below(8) {
+            sql.push_str(pieces[rng.below(pieces.len())]);
+        }
+        let a = rewrite::analyze(&sql);
+        for step in &a.steps {
+            assert!(step.insert_at <= sql.len() && sql.is_char_boundary(step.insert_at));
+        }
+        let _ = rewrite::split_trailing_comment(&sql);
+        let _ = plan::plan(&sql, &a, None, None, None);
+        let row = framed(&mut rng, b'D');
+        let _ = plan::split_data_row(&row, rng.below(2) == 0, rng.below(2) == 0);
+        let _ = plan::strip_row_description(&framed(&mut rng, b'T'));
+        let _ = plan::key_of(&String::from_utf8_lossy(&rng.bytes(40)), &["id".into()]);
     }
 }

@@ -218,7 +218,12 @@ fn run(store: Arc<Store>, config: WriterConfig, rx: Receiver<Message>, stats: Ar
             || (config.durability == Durability::Strict && !acks.is_empty())
             || last_sync.elapsed() >= config.sync_interval;
         let result = if records.is_empty() {
-            Ok(())
+            // A bare durability barrier: what earlier batches left unsynced must be synced.
+            if sync_now && unsynced {
+                store.sync()
+            } else {
+                Ok(())
+            }
         } else {
             store.write(&records, sync_now)
         };

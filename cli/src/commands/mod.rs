@@ -1,3 +1,4 @@
 //! One module per `flux` subcommand.
 
 pub mod proxy;
+pub mod state;

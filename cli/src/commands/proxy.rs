@@ -4,9 +4,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use clap::Args;
-use flux_proxy::{Proxy, ProxyConfig, Upstream};
+use flux_proxy::{EventSink, Proxy, ProxyConfig, Upstream};
+use flux_store::{Durability, Store, Writer, WriterConfig};
+
+use crate::sink::StoreSink;
 use tokio_util::sync::CancellationToken;
 
 /// Arguments of `flux proxy`.
@@ -52,6 +57,30 @@ pub struct ProxyArgs {
     /// On SIGINT/SIGTERM, how long busy sessions get to reach an idle point (e.g. 10s).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     shutdown_timeout: Duration,
+
+    /// Record row changes into --data-dir (on), or relay only (off). Default: on when a
+    /// data dir is given.
+    #[arg(long, env = "FLUX_CAPTURE", value_enum)]
+    capture: Option<Switch>,
+
+    /// relaxed: the store fsyncs at least every 100 ms. strict: a transaction's COMMIT is
+    /// answered only after its records are fsynced.
+    #[arg(long, env = "FLUX_DURABILITY", value_enum, default_value = "relaxed")]
+    durability: DurabilityArg,
+}
+
+/// on/off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+/// `--durability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DurabilityArg {
+    Relaxed,
+    Strict,
 }
 
 /// Runs the proxy until a signal arrives, then closes sessions cleanly.
@@ -72,6 +101,44 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating data dir {}", dir.display()))?;
     }
+    let capture = match (args.capture, &args.data_dir) {
+        (Some(Switch::Off), _) => None,
+        (Some(Switch::On), None) => {
+            anyhow::bail!("--capture on needs --data-dir (or FLUX_DATA_DIR) to record into")
+        }
+        (None, None) => {
+            tracing::warn!("no --data-dir: capture is off, the proxy only relays");
+            None
+        }
+        (_, Some(dir)) => Some(dir.clone()),
+    };
+    let durability = match args.durability {
+        DurabilityArg::Relaxed => Durability::Relaxed,
+        DurabilityArg::Strict => Durability::Strict,
+    };
+    // The writer thread lives as long as this function; dropping it flushes and syncs.
+    let mut writer = None;
+    let sink: Option<Arc<dyn EventSink>> = match &capture {
+        None => None,
+        Some(dir) => {
+            let store = Store::open(dir).with_context(|| {
+                format!(
+                    "opening the store in {} (is another flux proxy using it?)",
+                    dir.display()
+                )
+            })?;
+            let w = Writer::start(
+                Arc::new(store),
+                WriterConfig {
+                    durability,
+                    ..WriterConfig::default()
+                },
+            );
+            let sink = Arc::new(StoreSink::new(w.handle(), durability));
+            writer = Some(w);
+            Some(sink)
+        }
+    };
 
     let workers = args.workers.unwrap_or_else(default_workers);
     let mut runtime = if workers <= 1 {
@@ -89,9 +156,14 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let upstream_addr = config.upstream.addr();
-        let proxy = Proxy::bind(config, None).await?;
+        let proxy = Proxy::bind(config, sink).await?;
         let addr = proxy.local_addr()?;
-        tracing::info!(upstream = %upstream_addr, workers, "listening on {addr}");
+        tracing::info!(
+            upstream = %upstream_addr,
+            workers,
+            capture = capture.is_some(),
+            "listening on {addr}"
+        );
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
         tokio::spawn(async move {
@@ -100,6 +172,9 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
             signals.cancel();
         });
         proxy.run(shutdown).await;
+        if let Some(w) = writer.take() {
+            w.stop();
+        }
         tracing::info!("stopped");
         Ok(())
     })

@@ -1,0 +1,539 @@
+//! `flux state history` and `flux state blame`: a row's (or a request's) recorded
+//! changes, and who wrote each column's current value.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, TimeZone};
+use clap::{Args, Subcommand, ValueEnum};
+use flux_store::query::MutationView;
+use flux_store::{blame, Gap, HistoryEntry, Nanos, Outcome, Store};
+use serde_json::{json, Value};
+
+use crate::sink::nanos;
+
+/// `flux state …`.
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Every recorded change of a row (or of every row a request touched), oldest first.
+    History(HistoryArgs),
+    /// Per column of a row: current value, and the request and time that wrote it.
+    Blame(BlameArgs),
+}
+
+/// Where the record is and how to print it.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// The data dir `flux proxy` records into.
+    #[arg(long, env = "FLUX_DATA_DIR")]
+    data_dir: PathBuf,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Csv,
+}
+
+/// `flux state history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Table (`users`, or `schema.table` outside `public`).
+    #[arg(required_unless_present = "request")]
+    table: Option<String>,
+
+    /// Primary-key value; for a composite key, the values in key-column order: `7,42`.
+    #[arg(long, requires = "table")]
+    id: Option<String>,
+
+    /// Every row this request changed, in all tables (a request id or a unique prefix of
+    /// 4+ characters; `req:` optional).
+    #[arg(long, conflicts_with_all = ["table", "id"])]
+    request: Option<String>,
+
+    /// Only changes within this long before now (e.g. 24h, 30m).
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "between")]
+    since: Option<Duration>,
+
+    /// Only changes between two local times, e.g. 2026-03-10T14:00 2026-03-10T15:00.
+    #[arg(long, num_args = 2, value_names = ["FROM", "TO"])]
+    between: Option<Vec<String>>,
+
+    #[command(flatten)]
+    common: Common,
+}
+
+/// `flux state blame`.
+#[derive(Debug, Args)]
+pub struct BlameArgs {
+    /// Table.
+    table: String,
+
+    /// Primary-key value (composite: `7,42`).
+    #[arg(long)]
+    id: String,
+
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Runs a `flux state` command.
+pub fn run(command: StateCommand) -> anyhow::Result<()> {
+    match command {
+        StateCommand::History(args) => history(args),
+        StateCommand::Blame(args) => blame_cmd(args),
+    }
+}
+
+fn open(dir: &Path) -> anyhow::Result<Store> {
+    if !dir.join("CURRENT").is_file() {
+        bail!(
+            "no Flux record in {}: point --data-dir (or FLUX_DATA_DIR) at the directory `flux proxy --data-dir` writes",
+            dir.display()
+        );
+    }
+    let store = Store::open_reader(dir)
+        .with_context(|| format!("opening the record in {}", dir.display()))?;
+    store.catch_up().context("reading the latest records")?;
+    Ok(store)
+}
+
+/// The store's name for a table: `users` for `public.users`.
+fn table_name(t: &str) -> String {
+    let t = t.strip_prefix("public.").unwrap_or(t);
+    // Unquoted SQL names are case-insensitive; the catalog has them lower-cased.
+    if t.chars().any(|c| c.is_ascii_uppercase()) && !t.contains('"') {
+        t.to_lowercase()
+    } else {
+        t.replace('"', "")
+    }
+}
+
+fn key_parts(id: &str) -> Vec<String> {
+    id.split(',').map(|s| s.trim().to_string()).collect()
+}
+
+fn parse_time(s: &str) -> anyhow::Result<Nanos> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(nanos(t.into()));
+    }
+    let naive = [
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+    .or_else(|| {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+    });
+    let Some(naive) = naive else {
+        bail!("cannot read time {s:?}: use 2026-03-10T14:00 (local time) or RFC 3339");
+    };
+    let local = Local
+        .from_local_datetime(&naive)
+        .earliest()
+        .with_context(|| format!("{s} does not exist in the local time zone"))?;
+    Ok(nanos(local.into()))
+}
+
+fn window(args: &HistoryArgs) -> anyhow::Result<(Option<Nanos>, Option<Nanos>)> {
+    if let Some(d) = args.since {
+        let from = SystemTime::now()
+            .checked_sub(d)
+            .map(nanos)
+            .unwrap_or_default();
+        return Ok((Some(from), None));
+    }
+    if let Some([a, b]) = args.between.as_deref() {
+        let (from, to) = (parse_time(a)?, parse_time(b)?);
+        if to <= from {
+            bail!("--between: {b} is not after {a}");
+        }
+        return Ok((Some(from), Some(to)));
+    }
+    Ok((None, None))
+}
+
+/// Resolves a request id or unique prefix (4+ characters, `req:` optional).
+fn resolve_request(store: &Store, given: &str) -> anyhow::Result<String> {
+    let given = given.strip_prefix("req:").unwrap_or(given);
+    if given.len() < 4 {
+        bail!("request id {given:?} is too short: give at least 4 characters");
+    }
+    let found = store.requests_with_prefix(given, 20)?;
+    match found.as_slice() {
+        [] => bail!("no recorded changes for request {given}"),
+        [one] => Ok(one.clone()),
+        many if many.iter().any(|r| r == given) => Ok(given.to_string()),
+        many => bail!(
+            "request prefix {given} is ambiguous; candidates:\n  {}",
+            many.join("\n  ")
+        ),
+    }
+}
+
+fn short(request: Option<&str>) -> String {
+    match request {
+        Some(r) => format!("req:{}", r.chars().take(8).collect::<String>()),
+        None => "req:-".to_string(),
+    }
+}
+
+fn local(at: Nanos) -> DateTime<Local> {
+    Local.timestamp_nanos(at as i64)
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn outcome_str(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Committed => "committed",
+        Outcome::RolledBack => "rolled_back",
+        Outcome::Unknown => "unknown",
+        Outcome::Pending => "pending",
+    }
+}
+
+/// What a change did, in one line: `plan: free → pro`, or the row's columns.
+fn change(m: &MutationView) -> String {
+    let obj = |v: &Option<Value>| v.as_ref().and_then(Value::as_object).cloned();
+    let columns = |o: serde_json::Map<String, Value>| {
+        o.iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| format!("{k}={}", show(v)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match (obj(&m.before), obj(&m.after)) {
+        (Some(before), Some(after)) => {
+            let changed: Vec<String> = after
+                .iter()
+                .filter(|(k, v)| before.get(*k) != Some(*v))
+                .map(|(k, v)| {
+                    format!(
+                        "{k}: {} → {}",
+                        before.get(k).map(show).unwrap_or_else(|| "null".into()),
+                        show(v)
+                    )
+                })
+                .collect();
+            if changed.is_empty() {
+                "(no change)".to_string()
+            } else {
+                changed.join(", ")
+            }
+        }
+        (None, Some(after)) => columns(after),
+        (Some(before), None) => columns(before),
+        (None, None) => String::new(),
+    }
+}
+
+fn marker(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Committed => "",
+        Outcome::RolledBack => " (rollback)",
+        Outcome::Unknown => " (outcome unknown)",
+        Outcome::Pending => " (in progress)",
+    }
+}
+
+fn entry_json(e: &HistoryEntry) -> Value {
+    let m = &e.mutation;
+    json!({
+        "at": local(m.at).to_rfc3339(),
+        "at_ns": m.at,
+        "table": m.table,
+        "key": m.key,
+        "op": m.op,
+        "request": m.request,
+        "outcome": outcome_str(e.outcome),
+        "before": m.before,
+        "after": m.after,
+    })
+}
+
+fn gap_json(g: &Gap) -> Value {
+    json!({
+        "at": local(g.at).to_rfc3339(),
+        "until": local(g.until).to_rfc3339(),
+        "table": g.table,
+        "count": g.count,
+        "reason": g.reason,
+        "request": g.request,
+    })
+}
+
+fn gap_line(g: &Gap) -> String {
+    let what = match g.count {
+        0 => "writes".to_string(),
+        1 => "1 write".to_string(),
+        n => format!("{n} writes"),
+    };
+    let table = g.table.as_deref().unwrap_or("unknown tables");
+    // A write imaged without its before image is recorded, but not whole.
+    let (status, reason) = match g.reason.strip_suffix(": before image unavailable") {
+        Some(why) => ("captured without a before image", why),
+        None => ("not captured", g.reason.as_str()),
+    };
+    format!(
+        "⚠ {what} to {table} {status}: {reason} ({}{})",
+        local(g.at).format("%Y-%m-%d %H:%M:%S"),
+        g.request
+            .as_deref()
+            .map(|r| format!(", {}", short(Some(r))))
+            .unwrap_or_default()
+    )
+}
+
+fn history(args: HistoryArgs) -> anyhow::Result<()> {
+    let store = open(&args.common.data_dir)?;
+    let (from, to) = window(&args)?;
+    let (title, entries, gaps) = if let Some(request) = &args.request {
+        let id = resolve_request(&store, request)?;
+        let entries = store.request_history(&id)?;
+        let gaps = store
+            .gaps(0, u64::MAX, None)?
+            .into_iter()
+            .filter(|g| g.request.as_deref() == Some(id.as_str()))
+            .collect();
+        (
+            format!("{}  ({})", short(Some(&id)), count(entries.len())),
+            entries,
+            gaps,
+        )
+    } else {
+        let table = table_name(args.table.as_deref().unwrap_or_default());
+        let Some(id) = &args.id else {
+            bail!("give the row with --id (composite keys: --id 7,42 in key-column order)");
+        };
+        let key = key_parts(id);
+        let entries = store.history(&table, &key, from, to)?;
+        let gaps = store.gaps(from.unwrap_or(0), to.unwrap_or(u64::MAX), Some(&table))?;
+        (
+            format!("{table} id={}  ({})", key.join(","), count(entries.len())),
+            entries,
+            gaps,
+        )
+    };
+    match args.common.format {
+        Format::Json => {
+            let out = json!({
+                "mutations": entries.iter().map(entry_json).collect::<Vec<_>>(),
+                "gaps": gaps.iter().map(gap_json).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(std::io::stdout());
+            w.write_record([
+                "at", "table", "key", "op", "request", "outcome", "before", "after",
+            ])?;
+            for e in &entries {
+                let m = &e.mutation;
+                let json = |v: &Option<Value>| v.as_ref().map(Value::to_string).unwrap_or_default();
+                w.write_record([
+                    local(m.at).to_rfc3339(),
+                    m.table.clone(),
+                    m.key.as_ref().map(|k| k.join(",")).unwrap_or_default(),
+                    m.op.to_string(),
+                    m.request.clone().unwrap_or_default(),
+                    outcome_str(e.outcome).to_string(),
+                    json(&m.before),
+                    json(&m.after),
+                ])?;
+            }
+            w.flush()?;
+        }
+        Format::Text => {
+            println!();
+            println!("  {title}");
+            println!();
+            let rows: Vec<(String, String)> = entries
+                .iter()
+                .map(|e| {
+                    let m = &e.mutation;
+                    let mut what =
+                        format!("{}  {:<6}  ", local(m.at).format("%Y-%m-%d %H:%M"), m.op);
+                    if args.request.is_some() {
+                        what.push_str(&format!(
+                            "{} {}  ",
+                            m.table,
+                            m.key
+                                .as_ref()
+                                .map(|k| k.join(","))
+                                .unwrap_or_else(|| "-".into())
+                        ));
+                    }
+                    what.push_str(&change(m));
+                    what.push_str(marker(e.outcome));
+                    (what, short(m.request.as_deref()))
+                })
+                .collect();
+            let width = rows
+                .iter()
+                .map(|(w, _)| w.chars().count())
+                .max()
+                .unwrap_or(0);
+            for (what, req) in rows {
+                let pad = width - what.chars().count();
+                println!("  {what}{}  {req}", " ".repeat(pad));
+            }
+            if !gaps.is_empty() {
+                println!();
+                for g in &gaps {
+                    println!("  {}", gap_line(g));
+                }
+            }
+            println!();
+        }
+    }
+    Ok(())
+}
+
+fn count(n: usize) -> String {
+    if n == 1 {
+        "1 mutation".into()
+    } else {
+        format!("{n} mutations")
+    }
+}
+
+fn blame_cmd(args: BlameArgs) -> anyhow::Result<()> {
+    let store = open(&args.common.data_dir)?;
+    let table = table_name(&args.table);
+    let key = key_parts(&args.id);
+    let history = store.history(&table, &key, None, None)?;
+    if history.is_empty() {
+        bail!(
+            "no recorded changes for {table} id={}: check the table name and key (composite keys: --id 7,42)",
+            key.join(",")
+        );
+    }
+    let b = blame(&history);
+    let gaps = store.gaps(0, u64::MAX, Some(&table))?;
+    match args.common.format {
+        Format::Json => {
+            let out = json!({
+                "table": table,
+                "key": key,
+                "exists": b.exists,
+                "columns": b.columns.iter().map(|c| json!({
+                    "column": c.column,
+                    "value": c.value,
+                    "request": c.written.as_ref().and_then(|w| w.request.clone()),
+                    "at": c.written.as_ref().map(|w| local(w.at).to_rfc3339()),
+                    "rolled_back": c.newest_attempt.as_ref().map(|a| json!({
+                        "request": a.request,
+                        "at": local(a.at).to_rfc3339(),
+                        "value": a.value,
+                        "outcome": outcome_str(a.outcome),
+                    })),
+                })).collect::<Vec<_>>(),
+                "gaps": gaps.iter().map(gap_json).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Format::Csv => {
+            let mut w = csv::Writer::from_writer(std::io::stdout());
+            w.write_record([
+                "column",
+                "value",
+                "request",
+                "at",
+                "rolled_back_request",
+                "rolled_back_at",
+            ])?;
+            for c in &b.columns {
+                w.write_record([
+                    c.column.clone(),
+                    show(&c.value),
+                    c.written
+                        .as_ref()
+                        .and_then(|w| w.request.clone())
+                        .unwrap_or_default(),
+                    c.written
+                        .as_ref()
+                        .map(|w| local(w.at).to_rfc3339())
+                        .unwrap_or_default(),
+                    c.newest_attempt
+                        .as_ref()
+                        .and_then(|a| a.request.clone())
+                        .unwrap_or_default(),
+                    c.newest_attempt
+                        .as_ref()
+                        .map(|a| local(a.at).to_rfc3339())
+                        .unwrap_or_default(),
+                ])?;
+            }
+            w.flush()?;
+        }
+        Format::Text => {
+            println!();
+            if !b.exists {
+                println!("  {table} id={} was deleted; last values:", key.join(","));
+            }
+            let cw = b
+                .columns
+                .iter()
+                .map(|c| c.column.chars().count())
+                .max()
+                .unwrap_or(0);
+            let vw = b
+                .columns
+                .iter()
+                .map(|c| show(&c.value).chars().count())
+                .max()
+                .unwrap_or(0);
+            for c in &b.columns {
+                let value = show(&c.value);
+                let (req, at) = match &c.written {
+                    Some(w) => (
+                        short(w.request.as_deref()),
+                        local(w.at).format("%H:%M:%S").to_string(),
+                    ),
+                    None => ("-".to_string(), "-".to_string()),
+                };
+                let mut line = format!("  {:<cw$}  {:<vw$}  {:<12}  {at}", c.column, value, req);
+                if let Some(a) = &c.newest_attempt {
+                    let what = match a.outcome {
+                        Outcome::RolledBack => "✗ rolled back",
+                        Outcome::Unknown => "? outcome unknown",
+                        _ => "… in progress",
+                    };
+                    line.push_str(&format!(
+                        "  {what}: {} → {} at {}",
+                        short(a.request.as_deref()),
+                        show(&a.value),
+                        local(a.at).format("%H:%M:%S")
+                    ));
+                }
+                println!("{}", line.trim_end());
+            }
+            if !gaps.is_empty() {
+                println!();
+                for g in &gaps {
+                    println!("  {}", gap_line(g));
+                }
+            }
+            println!();
+        }
+    }
+    Ok(())
+}

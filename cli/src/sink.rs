@@ -1,0 +1,221 @@
+//! Wires the proxy's capture events to the store's writer.
+//!
+//! Fail-open (DESIGN §3): `emit` never blocks. When the writer's queue is full or the
+//! writer has stopped, the records are counted per table and, as soon as the writer
+//! accepts again, one gap record per table says how many writes were lost and when.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flux_proxy::capture::{CaptureEvent, Durable, MutationEvent, Op as ProxyOp, TxOutcome};
+use flux_proxy::EventSink;
+use flux_store::{
+    Durability, Gap, Mutation, Nanos, Op, Record, TxEvent, TxId, TxRecord, WriterHandle,
+};
+
+/// How long a strict commit waits for its records before the proxy answers anyway
+/// (fail-open: a wedged store must not wedge the database's clients).
+const DURABLE_WAIT: Duration = Duration::from_secs(5);
+
+/// Nanoseconds since the Unix epoch.
+pub fn nanos(t: SystemTime) -> Nanos {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as Nanos)
+        .unwrap_or(0)
+}
+
+/// Writes were lost between `since` and `until`.
+#[derive(Default)]
+struct Lost {
+    since: Nanos,
+    until: Nanos,
+    by_table: BTreeMap<Option<String>, u64>,
+}
+
+/// The store-backed [`EventSink`].
+pub struct StoreSink {
+    writer: WriterHandle,
+    boot: Nanos,
+    durability: Durability,
+    lost: Mutex<Option<Lost>>,
+    /// Writes lost to a lagging or failed store since start.
+    pub dropped: AtomicU64,
+}
+
+impl StoreSink {
+    /// A sink feeding `writer`; `boot` distinguishes this process's transaction ids.
+    pub fn new(writer: WriterHandle, durability: Durability) -> Self {
+        Self {
+            writer,
+            boot: nanos(SystemTime::now()),
+            durability,
+            lost: Mutex::new(None),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    fn tx(&self, session: u64, n: u64) -> TxId {
+        TxId {
+            boot: self.boot,
+            session,
+            n,
+        }
+    }
+
+    fn record(&self, event: CaptureEvent) -> Option<Record> {
+        Some(match event {
+            CaptureEvent::Mutation(m) => Record::Mutation(self.mutation(m)),
+            CaptureEvent::TxEnded {
+                session,
+                tx,
+                at,
+                outcome,
+            } => Record::Tx(TxRecord {
+                tx: self.tx(session, tx),
+                at: nanos(at),
+                event: match outcome {
+                    TxOutcome::Committed => TxEvent::Committed,
+                    TxOutcome::RolledBack => TxEvent::RolledBack,
+                    TxOutcome::Unknown => TxEvent::Unknown,
+                },
+            }),
+            CaptureEvent::RolledBackTo {
+                session,
+                tx,
+                at,
+                from,
+                to,
+            } => Record::Tx(TxRecord {
+                tx: self.tx(session, tx),
+                at: nanos(at),
+                event: TxEvent::RolledBackTo { from, to },
+            }),
+            CaptureEvent::Gap {
+                at,
+                table,
+                count,
+                reason,
+                request,
+                ..
+            } => Record::Gap(Gap {
+                at: nanos(at),
+                until: nanos(at),
+                table,
+                count,
+                reason,
+                request,
+            }),
+            _ => return None,
+        })
+    }
+
+    fn mutation(&self, m: MutationEvent) -> Mutation {
+        Mutation {
+            table: m.table,
+            key: m.key,
+            at: nanos(m.at),
+            op: match m.op {
+                ProxyOp::Insert => Op::Insert,
+                ProxyOp::Update => Op::Update,
+                ProxyOp::Delete => Op::Delete,
+            },
+            before: m.before,
+            after: m.after,
+            request: m.request,
+            tx: self.tx(m.session, m.tx),
+            tx_index: m.tx_index,
+        }
+    }
+
+    fn count_lost(&self, records: &[Record]) {
+        let now = nanos(SystemTime::now());
+        let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+        let first = lost.is_none();
+        let l = lost.get_or_insert_with(|| Lost {
+            since: now,
+            ..Default::default()
+        });
+        l.until = now;
+        for r in records {
+            if let Record::Mutation(m) = r {
+                *l.by_table.entry(Some(m.table.clone())).or_default() += 1;
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if first {
+            tracing::warn!("the store is not keeping up: capture records are being dropped (gaps will say where)");
+        }
+    }
+
+    /// Writes the pending gap records, if any; keeps them when the writer still refuses.
+    fn flush_lost(&self) {
+        let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(l) = lost.take() else {
+            return;
+        };
+        let gaps: Vec<Record> = l
+            .by_table
+            .iter()
+            .map(|(table, count)| {
+                Record::Gap(Gap {
+                    at: l.since,
+                    until: l.until,
+                    table: table.clone(),
+                    count: *count,
+                    reason: "the store lagged or failed; these writes were not recorded".into(),
+                    request: None,
+                })
+            })
+            .collect();
+        if gaps.is_empty() {
+            return;
+        }
+        match self.writer.try_write(gaps) {
+            Ok(()) => tracing::warn!(
+                "capture resumed; {} lost writes recorded as gaps",
+                l.by_table.values().sum::<u64>()
+            ),
+            Err(_) => *lost = Some(l),
+        }
+    }
+}
+
+impl EventSink for StoreSink {
+    fn emit(&self, event: CaptureEvent) {
+        let Some(record) = self.record(event) else {
+            return;
+        };
+        if self.lost.lock().map(|l| l.is_some()).unwrap_or(false) {
+            self.flush_lost();
+        }
+        if let Err(rejected) = self.writer.try_write(vec![record]) {
+            let records = match rejected {
+                flux_store::WriteRejected::Full(r) | flux_store::WriteRejected::Stopped(r) => r,
+            };
+            self.count_lost(&records);
+        }
+    }
+
+    fn durable(&self) -> Option<Durable> {
+        if self.durability != Durability::Strict {
+            return None;
+        }
+        let ack = self.writer.write_durable(Vec::new());
+        Some(Box::pin(async move {
+            let Ok(ack) = ack else {
+                tracing::warn!("strict durability: the store writer refused the barrier");
+                return;
+            };
+            match tokio::time::timeout(DURABLE_WAIT, ack).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::error!("strict durability: store sync failed: {e}"),
+                Ok(Err(_)) => tracing::error!("strict durability: the store writer stopped"),
+                Err(_) => tracing::error!(
+                    "strict durability: records not synced within {DURABLE_WAIT:?}; answering anyway"
+                ),
+            }
+        }))
+    }
+}
