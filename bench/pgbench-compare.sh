@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Direct vs flux (vs pgbouncer in session mode, when installed), measured side by side in
-# one run: pgbench TPC-B and select-only (-S), -M extended, 8 clients, rounds alternating
-# the targets. Prints each target's median TPS and its ratio to direct.
+# Direct vs flux (relay only, --capture off) vs flux-capture (recording every write into
+# its RocksDB store) vs pgbouncer in session mode (when installed), measured side by side
+# in one run: pgbench TPC-B and select-only (-S), -M extended, 8 clients, rounds
+# alternating the targets. Prints each target's median TPS and its ratio to direct.
 #
 # Not part of the test suite. Tunables (environment):
 #   ROUNDS=5 DURATION=15 CLIENTS=8 THREADS=2 SCALE=10 MODE=extended
@@ -55,15 +56,19 @@ PGBENCH=$(command -v pgbench || echo "$PGBIN/pgbench")
 
 FLUX_PORT=$(free_port)
 "$FLUX" proxy --listen "127.0.0.1:$FLUX_PORT" --upstream "postgres://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable" \
-  --data-dir "$work/flux" $FLUX_ARGS 2>"$work/flux.log" &
+  --capture off $FLUX_ARGS 2>"$work/flux.log" &
+pids+=($!)
+CAPTURE_PORT=$(free_port)
+"$FLUX" proxy --listen "127.0.0.1:$CAPTURE_PORT" --upstream "postgres://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable" \
+  --data-dir "$work/flux-capture" $FLUX_ARGS 2>"$work/flux-capture.log" &
 pids+=($!)
 
-targets=(direct flux)
-declare -A port=([direct]=$PG_PORT [flux]=$FLUX_PORT)
+targets=(direct flux flux-capture)
+declare -A port=([direct]=$PG_PORT [flux]=$FLUX_PORT [flux-capture]=$CAPTURE_PORT)
 if [ "${UNIX:-}" = 1 ]; then
   FLUX_UNIX_PORT=$(free_port)
   "$FLUX" proxy --listen "127.0.0.1:$FLUX_UNIX_PORT" --upstream "postgres:///postgres?host=$work&port=$PG_PORT" \
-    --data-dir "$work/flux-unix" $FLUX_ARGS 2>"$work/flux-unix.log" &
+    --capture off $FLUX_ARGS 2>"$work/flux-unix.log" &
   pids+=($!)
   targets+=(flux-unix)
   port[flux-unix]=$FLUX_UNIX_PORT
@@ -106,6 +111,12 @@ median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else prin
 
 echo "pgbench -M $MODE -c $CLIENTS -j $THREADS -T $DURATION, scale $SCALE, $ROUNDS rounds alternating: ${targets[*]}"
 echo "machine: $(nproc) cores; PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}')"
+# After the run: what capture recorded (so a capture-on number is not a silent no-op).
+report_capture() {
+  echo "flux-capture store: $(du -sh "$work/flux-capture" | cut -f1); its log's warnings:"
+  grep -E 'WARN|ERROR' "$work/flux-capture.log" | tail -n 5 || echo "  (none)"
+}
+trap 'report_capture; cleanup' EXIT
 for workload in tpcb select; do
   extra=()
   [ "$workload" = select ] && extra=(-S)
@@ -117,12 +128,12 @@ for workload in tpcb select; do
     for t in "${order[@]}"; do
       tps=$(run_pgbench "$t" "${extra[@]}")
       results[$t]+="$tps "
-      printf '  %-7s round %d %-9s %10.1f tps\n' "$workload" "$r" "$t" "$tps" >&2
+      printf '  %-7s round %d %-12s %10.1f tps\n' "$workload" "$r" "$t" "$tps" >&2
     done
   done
   direct=$(echo "${results[direct]}" | tr ' ' '\n' | grep . | median)
   for t in "${targets[@]}"; do
     m=$(echo "${results[$t]}" | tr ' ' '\n' | grep . | median)
-    awk -v w="$workload" -v t="$t" -v m="$m" -v d="$direct" 'BEGIN { printf "%-7s %-9s median %10.1f tps   ratio %s/direct = %.3f\n", w, t, m, t, m / d }'
+    awk -v w="$workload" -v t="$t" -v m="$m" -v d="$direct" 'BEGIN { printf "%-7s %-12s median %10.1f tps   ratio %s/direct = %.3f\n", w, t, m, t, m / d }'
   done
 done

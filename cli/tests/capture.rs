@@ -301,11 +301,12 @@ async fn composite_keys_keyless_tables_and_gaps() {
     let h = state_json(data.path(), &["history", "memberships", "--id", "1,2"]);
     let moved = &h["mutations"][0];
     assert_eq!(moved["op"], "UPDATE", "{h:#}");
-    let pk_gap = h["gaps"]
-        .as_array()
-        .expect("gaps")
-        .iter()
-        .any(|g| g["reason"].as_str().unwrap_or_default().contains("primary-key"));
+    let pk_gap = h["gaps"].as_array().expect("gaps").iter().any(|g| {
+        g["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("primary-key")
+    });
     if version >= 180000 {
         assert_eq!(moved["before"]["member"], 1, "{h:#}");
         assert!(!pk_gap, "{h:#}");
