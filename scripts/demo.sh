@@ -38,13 +38,28 @@ for _ in $(seq 100); do grep -q "listening on" "$work/flux.log" && break; sleep 
 grep -q "listening on" "$work/flux.log" || { cat "$work/flux.log" >&2; exit 1; }
 
 URL="postgres://postgres@127.0.0.1:$FLUX_PORT/postgres"
-echo "==> a few statements through the proxy" >&2
-psql -X "$URL" -v ON_ERROR_STOP=1 <<'SQL'
-CREATE TABLE users (id int PRIMARY KEY, email text, name text, plan text);
-INSERT INTO users VALUES (42, 'a@b.com', NULL, 'free');
+echo "==> four requests through the proxy (the third one's transaction rolls back)" >&2
+psql -X -q "$URL" -v ON_ERROR_STOP=1 <<'SQL'
+CREATE TABLE users (id int PRIMARY KEY, email text, name text, plan text NOT NULL DEFAULT 'free');
+INSERT INTO users (id, email) VALUES (42, 'a@b.com') /*traceparent='00-4f9a3b2c0d1e4f5a8b9c0d1e2f3a4b5c-00f067aa0ba902b7-01'*/;
+BEGIN;
+SET LOCAL flux.request_id = 'a3c91ef0-6d1b-4a53-9d3e-6f1f4f0e2a11';
 UPDATE users SET name = 'Alice Smith' WHERE id = 42;
-SELECT * FROM users;
+COMMIT;
+UPDATE users SET plan = 'pro' WHERE id = 42 /*request_id='c0ffee00-1111'*/;
 SQL
+psql -X -q "$URL" <<'SQL' 2>/dev/null || true
+BEGIN;
+SET LOCAL flux.request_id = '550e8400-e29b-41d4-a716-446655440000';
+UPDATE users SET plan = 'enterprise' WHERE id = 42;
+SELECT 1 / 0;
+COMMIT;
+SQL
+sleep 0.3 # the store writer batches; give it a moment
+echo "==> flux state history users --id 42" >&2
+"$FLUX" state history users --id 42 --data-dir "$work/flux-data"
+echo "==> flux state blame users --id 42" >&2
+"$FLUX" state blame users --id 42 --data-dir "$work/flux-data"
 
 cat <<MSG
 

@@ -149,12 +149,22 @@ struct SqlNames {
     portals: HashMap<Bytes, Prepared>,
 }
 
-/// The client→server loop's capture state: analyses by SQL text, and the catalog.
+/// The client→server loop's capture state: analyses and plans by SQL text, and the
+/// catalog.
 struct Planner {
     names: SqlNames,
     analyses: HashMap<Bytes, Arc<Analysis>>,
+    plans: HashMap<Bytes, CachedPlan>,
     catalog: Arc<Catalog>,
     target: catalog::Target,
+}
+
+/// A plan made against one catalog snapshot; reused while that snapshot is current.
+/// Apps (and pgbench) send the same texts over and over, re-parsing unnamed statements.
+struct CachedPlan {
+    snapshot: Arc<Snapshot>,
+    steps: Arc<[StepPlan]>,
+    rewritten: Option<String>,
 }
 
 /// Analyses cached per session; cleared when full (apps reuse a small set of texts).
@@ -182,8 +192,13 @@ impl Planner {
     fn plan(
         &mut self,
         sql: &[u8],
-        snapshot: Option<&Snapshot>,
+        snapshot: Option<&Arc<Snapshot>>,
     ) -> (Option<Arc<[StepPlan]>>, Option<String>) {
+        if let (Some(cached), Some(current)) = (self.plans.get(sql), snapshot) {
+            if Arc::ptr_eq(&cached.snapshot, current) {
+                return (Some(cached.steps.clone()), cached.rewritten.clone());
+            }
+        }
         let Some((analysis, trailing)) = self.analyze(sql) else {
             return (None, None);
         };
@@ -198,11 +213,26 @@ impl Planner {
             text,
             &analysis,
             trailing.as_deref(),
-            snapshot,
+            snapshot.map(|s| &**s),
             error.as_deref(),
         );
         if planned.unknown_table {
             self.catalog.invalidate();
+        }
+        // Texts carrying a per-request tag rarely repeat; plans that depend on a missing
+        // or stale catalog must be redone.
+        if let (None, false, Some(snapshot)) = (&trailing, planned.unknown_table, snapshot) {
+            if self.plans.len() >= ANALYSIS_CACHE {
+                self.plans.clear();
+            }
+            self.plans.insert(
+                Bytes::copy_from_slice(sql),
+                CachedPlan {
+                    snapshot: snapshot.clone(),
+                    steps: planned.steps.clone(),
+                    rewritten: planned.sql.clone(),
+                },
+            );
         }
         (Some(planned.steps), planned.sql)
     }
@@ -354,6 +384,7 @@ async fn serve(
         planner = Some(Planner {
             names: SqlNames::default(),
             analyses: HashMap::new(),
+            plans: HashMap::new(),
             catalog: catalog.clone(),
             target: catalog::Target {
                 upstream: shared.upstream.clone(),
@@ -548,7 +579,7 @@ async fn client_to_server(
                     Some(p) => {
                         let mut replacement = None;
                         r.pipeline.on_frontend(t, || {
-                            let (req, new) = plan_frontend(t, frame, p, snapshot.as_deref());
+                            let (req, new) = plan_frontend(t, frame, p, snapshot.as_ref());
                             replacement = new;
                             req
                         });
@@ -582,15 +613,10 @@ async fn client_to_server(
 async fn snapshot_for(p: &mut Planner, chunk: &[u8], frames: &FrameIndex) -> Option<Arc<Snapshot>> {
     let mut writes = false;
     for &(t, at, size) in frames {
-        if t != tag::QUERY && t != tag::PARSE {
+        let Some(sql) = sql_of(t, &chunk[at..at + size]) else {
             continue;
-        }
-        let frame = Bytes::copy_from_slice(&chunk[at..at + size]);
-        let sql = match t {
-            tag::QUERY => message::query_sql(&frame).ok(),
-            _ => message::parse_message(&frame).ok().map(|(_, sql)| sql),
         };
-        if let Some((a, _)) = sql.as_deref().and_then(|sql| p.analyze(sql)) {
+        if let Some((a, _)) = p.analyze(sql) {
             writes |= has_write(&a);
         }
     }
@@ -599,6 +625,17 @@ async fn snapshot_for(p: &mut Planner, chunk: &[u8], frames: &FrameIndex) -> Opt
     } else {
         p.catalog.cached()
     }
+}
+
+/// The SQL text of a `Query` or `Parse` frame, borrowed.
+fn sql_of(t: u8, frame: &[u8]) -> Option<&[u8]> {
+    let body = frame.get(crate::frame::HEADER_LEN..)?;
+    let body = match t {
+        tag::QUERY => body,
+        tag::PARSE => body.get(body.iter().position(|&b| b == 0)? + 1..)?,
+        _ => return None,
+    };
+    body.get(..body.iter().position(|&b| b == 0)?)
 }
 
 /// Copies `chunk` into `out` with the frames at the listed indices replaced (`None`
@@ -644,7 +681,7 @@ fn plan_frontend(
     t: u8,
     frame: &[u8],
     p: &mut Planner,
-    snapshot: Option<&Snapshot>,
+    snapshot: Option<&Arc<Snapshot>>,
 ) -> (Option<Request>, Option<Bytes>) {
     let frame = || Bytes::copy_from_slice(frame);
     match t {
