@@ -219,3 +219,76 @@ impl EventSink for StoreSink {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use flux_proxy::capture::MutationEvent;
+    use flux_store::{Store, Writer, WriterConfig};
+
+    fn mutation(n: u64) -> CaptureEvent {
+        CaptureEvent::Mutation(MutationEvent {
+            session: 1,
+            tx: n,
+            tx_index: 0,
+            at: SystemTime::now(),
+            table: "users".into(),
+            key: Some(vec![n.to_string()]),
+            op: ProxyOp::Insert,
+            before: None,
+            after: Some(format!(r#"{{"id": {n}}}"#)),
+            request: None,
+        })
+    }
+
+    #[test]
+    fn a_stopped_writer_never_blocks_the_proxy_and_losses_become_gaps() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        let writer = Writer::start(store.clone(), WriterConfig::default());
+        let handle = writer.handle();
+        writer.stop();
+        let sink = StoreSink::new(handle, Durability::Strict);
+        for n in 0..100 {
+            sink.emit(mutation(n));
+        }
+        assert_eq!(sink.dropped.load(Ordering::Relaxed), 100);
+        // Strict mode's barrier resolves at once instead of hanging.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let waited = std::time::Instant::now();
+        if let Some(d) = sink.durable() {
+            rt.block_on(d);
+        }
+        assert!(waited.elapsed() < DURABLE_WAIT);
+        let lost = sink.lost.lock().expect("lock");
+        let l = lost.as_ref().expect("losses tracked");
+        assert_eq!(l.by_table.get(&Some("users".to_string())), Some(&100));
+    }
+
+    #[test]
+    fn losses_are_written_as_gaps_once_the_writer_accepts() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        let writer = Writer::start(store.clone(), WriterConfig::default());
+        let sink = StoreSink::new(writer.handle(), Durability::Relaxed);
+        sink.count_lost(&[sink.record(mutation(1)).expect("record")]);
+        sink.emit(mutation(2));
+        writer.stop();
+        let gaps = store.gaps(0, u64::MAX, Some("users")).expect("gaps");
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert_eq!(gaps[0].count, 1);
+        assert!(gaps[0].reason.contains("lagged"));
+        assert_eq!(
+            store
+                .history("users", &["2".into()], None, None)
+                .expect("h")
+                .len(),
+            1
+        );
+    }
+}
