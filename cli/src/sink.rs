@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use flux_proxy::capture::{CaptureEvent, Durable, MutationEvent, Op as ProxyOp, TxOutcome};
 use flux_proxy::EventSink;
 use flux_store::{
-    Durability, Gap, Mutation, Nanos, Op, Record, TxEvent, TxId, TxRecord, WriterHandle,
+    Durability, Gap, Mutation, Nanos, Op, Record, StatementRecord, TxEvent, TxId, TxRecord,
+    WriterHandle,
 };
 
 /// How long a strict commit waits for its records before the proxy answers anyway
@@ -107,6 +108,25 @@ impl StoreSink {
                 reason,
                 request,
             }),
+            CaptureEvent::Statement {
+                sql,
+                started,
+                elapsed,
+                tag,
+                sqlstate,
+                error,
+                request: Some(request),
+                ..
+            } => Record::Statement(StatementRecord {
+                request,
+                at: nanos(started),
+                duration: elapsed.as_nanos() as u64,
+                sql,
+                tag,
+                sqlstate,
+                error,
+            }),
+            // Untagged statements cannot be asked about by request: not stored.
             _ => return None,
         })
     }

@@ -275,6 +275,23 @@ async fn composite_keys_keyless_tables_and_gaps() {
         .filter_map(|e| e["table"].as_str())
         .collect();
     assert_eq!(tables, ["memberships", "memberships", "events"], "{r:#}");
+    // The statements the request ran are recorded too.
+    let sqls: Vec<(&str, &str)> = r["statements"]
+        .as_array()
+        .expect("statements")
+        .iter()
+        .map(|st| {
+            (
+                st["sql"].as_str().unwrap_or_default(),
+                st["tag"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert!(
+        sqls.iter()
+            .any(|(sql, tag)| *sql == "truncate events" && *tag == "TRUNCATE TABLE"),
+        "{r:#}"
+    );
     let gaps = r["gaps"].as_array().expect("gaps");
     assert!(
         gaps.iter()

@@ -40,6 +40,8 @@ pub enum CaptureEvent {
         sqlstate: Option<String>,
         /// The error's primary message.
         error: Option<String>,
+        /// The request id in force for it (capture on).
+        request: Option<String>,
     },
     /// The session ended.
     SessionEnded {

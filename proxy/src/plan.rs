@@ -16,6 +16,8 @@ use crate::rewrite::{self, Analysis, Kind, SetRequest, WriteOp, CAPTURE_COLUMNS}
 /// The session's decision for one statement, carried with it through the response FIFO.
 #[derive(Debug, Clone)]
 pub struct StepPlan {
+    /// Where the statement's text is in the string the client sent.
+    pub text: std::ops::Range<usize>,
     /// What the statement is.
     pub kind: Kind,
     /// The request id from a sqlcommenter comment.
@@ -85,6 +87,7 @@ pub fn plan(
         .iter()
         .map(|step| {
             let mut plan = StepPlan {
+                text: step.start..step.insert_at,
                 kind: step.kind.clone(),
                 request_id: step
                     .request_id

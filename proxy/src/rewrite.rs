@@ -38,6 +38,9 @@ pub struct Step {
     /// Byte offset in the string where an appended `RETURNING` belongs: right after the
     /// statement's last token (before trailing comments and the `;`).
     pub insert_at: usize,
+    /// Byte offset where the statement's first token starts (its text is
+    /// `start..insert_at`).
+    pub start: usize,
     /// What the statement is.
     pub kind: Kind,
     /// The request id from a sqlcommenter comment in the statement, if any.
@@ -157,11 +160,13 @@ pub fn analyze(sql: &str) -> Analysis {
             _ => None,
         });
         let set_request = set_config_call(segment);
-        let text = segment
-            .first()
+        let start = segment
+            .iter()
+            .find(|t| !is_trivia(&t.token))
             .and_then(|t| offsets.byte(t.span.start))
-            .and_then(|from| sql.get(from..insert_at))
-            .unwrap_or_default();
+            .unwrap_or(0)
+            .min(insert_at);
+        let text = sql.get(start..insert_at).unwrap_or_default();
         let kind = match Parser::new(&dialect)
             .with_tokens_with_locations(segment.to_vec())
             .parse_statement()
@@ -171,6 +176,7 @@ pub fn analyze(sql: &str) -> Analysis {
         };
         steps.push(Step {
             insert_at,
+            start,
             kind,
             request_id,
             set_request,
@@ -194,6 +200,7 @@ fn unparsed(text: &str, insert_at: usize, request_id: Option<String>) -> Step {
     };
     Step {
         insert_at,
+        start: 0,
         kind,
         request_id,
         set_request: None,

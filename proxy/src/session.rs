@@ -849,6 +849,10 @@ async fn server_to_client(
                     }
                 }
                 if let Some(done) = r.pipeline.on_backend(t, frame) {
+                    let request = done
+                        .statement
+                        .current()
+                        .and_then(|step| capture.tracker.request_for(step));
                     if let Some(step) = done.statement.current() {
                         let tag = match (&done.error, &done.tag) {
                             (Some(_), _) => None,
@@ -862,7 +866,7 @@ async fn server_to_client(
                             shared.catalogs.invalidate_database(&capture.database);
                         }
                     }
-                    completions.push(done);
+                    completions.push((done, request));
                 }
                 if t == bt::READY_FOR_QUERY {
                     capture
@@ -902,8 +906,8 @@ async fn server_to_client(
         out.clear();
         lock(relay).writing_down = false;
         if let Some(sink) = &shared.sink {
-            for done in completions.drain(..) {
-                sink.emit(statement_event(id, done));
+            for (done, request) in completions.drain(..) {
+                sink.emit(statement_event(id, done, request));
             }
         }
     }
@@ -949,7 +953,7 @@ fn strip_capture(
     }
 }
 
-fn statement_event(session: SessionId, done: Completion) -> CaptureEvent {
+fn statement_event(session: SessionId, done: Completion, request: Option<String>) -> CaptureEvent {
     let elapsed = done
         .statement
         .started
@@ -961,13 +965,26 @@ fn statement_event(session: SessionId, done: Completion) -> CaptureEvent {
         .and_then(|f| message::error_fields(f).ok());
     CaptureEvent::Statement {
         session,
-        sql: String::from_utf8_lossy(done.statement.sql.as_deref().unwrap_or_default())
-            .into_owned(),
+        sql: String::from_utf8_lossy(statement_text(&done.statement)).into_owned(),
         started: SystemTime::now() - elapsed,
         elapsed,
         tag: done.tag.map(|t| String::from_utf8_lossy(&t).into_owned()),
         sqlstate: error.as_ref().map(|e| e.code.clone()),
         error: error.map(|e| e.message),
+        request,
+    }
+}
+
+/// The text of the statement a completion belongs to: its own slice of a simple query
+/// holding several statements, else the whole text.
+fn statement_text(statement: &Statement) -> &[u8] {
+    let sql = statement.sql.as_deref().unwrap_or_default();
+    match (
+        statement.current(),
+        statement.steps.as_ref().map(|s| s.len()),
+    ) {
+        (Some(step), Some(n)) if n > 1 => sql.get(step.text.clone()).unwrap_or(sql),
+        _ => sql,
     }
 }
 

@@ -265,6 +265,7 @@ mod tests {
 
     fn step(kind: Kind) -> StepPlan {
         StepPlan {
+            text: 0..0,
             kind,
             request_id: None,
             set_request: None,

@@ -22,7 +22,7 @@ use rocksdb::{
 };
 
 use crate::keys;
-use crate::model::{Gap, Mutation, Nanos, Record, TxEvent, TxId, TxRecord};
+use crate::model::{Gap, Mutation, Nanos, Record, StatementRecord, TxEvent, TxId, TxRecord};
 
 /// One raw key/value pair as RocksDB returns it.
 type KeyValue = (Box<[u8]>, Box<[u8]>);
@@ -35,13 +35,14 @@ const MUTATIONS: &str = "mutations";
 const MUTATIONS_BY_REQUEST: &str = "mutations_by_request";
 const TX: &str = "tx";
 const GAPS: &str = "gaps";
+const STATEMENTS: &str = "statements";
 /// Every column family, including those later issues fill (request record, spans).
 const FAMILIES: [&str; 9] = [
     META,
     "requests",
     "requests_by_time",
     "spans",
-    "statements",
+    STATEMENTS,
     MUTATIONS,
     MUTATIONS_BY_REQUEST,
     TX,
@@ -268,6 +269,12 @@ impl Store {
                     keys::put_u64(&mut key, seq);
                     batch.put_cf(self.cf(GAPS), key, value);
                 }
+                Record::Statement(st) => {
+                    let mut key = Vec::with_capacity(st.request.len() + 10);
+                    keys::put_str(&mut key, st.request.as_bytes());
+                    keys::put_u64(&mut key, seq);
+                    batch.put_cf(self.cf(STATEMENTS), key, value);
+                }
             }
         }
         batch.put_cf(self.cf(META), KEY_NEXT_SEQ, seq.to_be_bytes());
@@ -383,6 +390,21 @@ impl Store {
             }
         }
         Ok(found)
+    }
+
+    /// The statements a request ran, in the order they completed.
+    pub fn request_statements(&self, request: &str) -> Result<Vec<StatementRecord>, StoreError> {
+        let mut prefix = Vec::new();
+        keys::put_str(&mut prefix, request.as_bytes());
+        let mut out = Vec::new();
+        for entry in self.scan(STATEMENTS, &prefix, &prefix) {
+            let (_, v) = entry?;
+            match self.decode(&v, "statement")? {
+                Record::Statement(st) => out.push(st),
+                _ => return Err(self.corrupt("statement")),
+            }
+        }
+        Ok(out)
     }
 
     /// A transaction's events, in the order recorded.

@@ -17,6 +17,8 @@ pub mod query;
 pub mod writer;
 
 pub use db::{Store, StoreError, SCHEMA_VERSION};
-pub use model::{Gap, Mutation, Nanos, Op, Outcome, Record, TxEvent, TxId, TxRecord};
+pub use model::{
+    Gap, Mutation, Nanos, Op, Outcome, Record, StatementRecord, TxEvent, TxId, TxRecord,
+};
 pub use query::{blame, Blame, ColumnBlame, HistoryEntry};
 pub use writer::{Durability, WriteRejected, Writer, WriterConfig, WriterHandle};

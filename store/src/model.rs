@@ -121,6 +121,27 @@ pub enum Record {
     Tx(TxRecord),
     /// A capture gap.
     Gap(Gap),
+    /// A statement a request ran (new variants go last: values are encoded by position).
+    Statement(StatementRecord),
+}
+
+/// A statement a tagged request ran, as the proxy saw it complete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatementRecord {
+    /// The request id.
+    pub request: String,
+    /// When the proxy forwarded it.
+    pub at: Nanos,
+    /// Until its completion reached the proxy, in nanoseconds.
+    pub duration: u64,
+    /// SQL text as the client sent it.
+    pub sql: String,
+    /// `CommandComplete` tag (`UPDATE 1`); `None` when it failed.
+    pub tag: Option<String>,
+    /// SQLSTATE of the error, when it failed.
+    pub sqlstate: Option<String>,
+    /// The error's message, when it failed.
+    pub error: Option<String>,
 }
 
 /// What became of a mutation, resolved from its transaction's records.

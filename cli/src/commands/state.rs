@@ -305,9 +305,11 @@ fn gap_line(g: &Gap) -> String {
 fn history(args: HistoryArgs) -> anyhow::Result<()> {
     let store = open(&args.common.data_dir)?;
     let (from, to) = window(&args)?;
+    let mut statements = Vec::new();
     let (title, entries, gaps) = if let Some(request) = &args.request {
         let id = resolve_request(&store, request)?;
         let entries = store.request_history(&id)?;
+        statements = store.request_statements(&id)?;
         let gaps = store
             .gaps(0, u64::MAX, None)?
             .into_iter()
@@ -334,10 +336,25 @@ fn history(args: HistoryArgs) -> anyhow::Result<()> {
     };
     match args.common.format {
         Format::Json => {
-            let out = json!({
+            let mut out = json!({
                 "mutations": entries.iter().map(entry_json).collect::<Vec<_>>(),
                 "gaps": gaps.iter().map(gap_json).collect::<Vec<_>>(),
             });
+            if args.request.is_some() {
+                out["statements"] = statements
+                    .iter()
+                    .map(|st| {
+                        json!({
+                            "at": local(st.at).to_rfc3339(),
+                            "duration_ms": st.duration as f64 / 1e6,
+                            "sql": st.sql,
+                            "tag": st.tag,
+                            "sqlstate": st.sqlstate,
+                            "error": st.error,
+                        })
+                    })
+                    .collect();
+            }
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
         Format::Csv => {
@@ -401,10 +418,39 @@ fn history(args: HistoryArgs) -> anyhow::Result<()> {
                     println!("  {}", gap_line(g));
                 }
             }
+            if !statements.is_empty() {
+                println!();
+                println!("  statements ({}):", statements.len());
+                for st in &statements {
+                    let outcome = match (&st.tag, &st.sqlstate) {
+                        (Some(tag), _) => tag.clone(),
+                        (None, Some(code)) => {
+                            format!("✗ {code} {}", st.error.as_deref().unwrap_or_default())
+                        }
+                        (None, None) => "✗".to_string(),
+                    };
+                    println!(
+                        "  {}  {:>8.1}ms  {}  → {outcome}",
+                        local(st.at).format("%H:%M:%S%.3f"),
+                        st.duration as f64 / 1e6,
+                        one_line(&st.sql, 80)
+                    );
+                }
+            }
             println!();
         }
     }
     Ok(())
+}
+
+/// SQL on one line, cut to `max` characters.
+fn one_line(sql: &str, max: usize) -> String {
+    let flat = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > max {
+        format!("{}…", flat.chars().take(max).collect::<String>())
+    } else {
+        flat
+    }
 }
 
 fn count(n: usize) -> String {
