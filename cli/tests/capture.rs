@@ -299,6 +299,39 @@ async fn composite_keys_keyless_tables_and_gaps() {
         "{r:#}"
     );
 
+    // Rows changed by a cascading foreign key are invisible to RETURNING: the child
+    // table's history says so.
+    c.batch_execute(
+        "create table orgs(id int primary key); \
+         create table teams(id int primary key, org int references orgs on delete cascade)",
+    )
+    .await
+    .expect("cascade setup");
+    // A separate string: the one holding the DDL was planned before the tables existed.
+    c.batch_execute("insert into orgs values (1); insert into teams values (10, 1)")
+        .await
+        .expect("cascade rows");
+    c.batch_execute("delete from orgs where id = 1")
+        .await
+        .expect("cascading delete");
+    settle().await;
+    let h = state_json(data.path(), &["history", "teams", "--id", "10"]);
+    assert_eq!(h["mutations"].as_array().map(Vec::len), Some(1), "{h:#}");
+    assert!(
+        h["gaps"]
+            .as_array()
+            .expect("gaps")
+            .iter()
+            .any(|g| g["table"] == "teams"
+                && g["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("foreign key to orgs")),
+        "{h:#}"
+    );
+    let text = state_text(data.path(), &["history", "teams", "--id", "10"]);
+    assert!(text.contains("⚠ writes to teams not captured"), "{text}");
+
     // An UPDATE that moves a row's key: PostgreSQL 18's `old` has the exact before image;
     // before 18 the snapshot subquery cannot find it, and a gap says so.
     c.batch_execute(

@@ -36,6 +36,10 @@ pub struct TableInfo {
     pub can_select: bool,
     /// The partition tree's root (the table itself when not a partition).
     pub root: u32,
+    /// Its user triggers, comma-separated (rows they write are invisible to `RETURNING`).
+    pub triggers: Option<String>,
+    /// Tables whose rows its foreign keys' ON DELETE/UPDATE actions change (invisible too).
+    pub cascades_to: Vec<String>,
 }
 
 impl TableInfo {
@@ -140,7 +144,13 @@ SELECT c.oid::int8, n.nspname::text, c.relname::text,
        c.relrowsecurity,
        has_table_privilege($1::text, c.oid, 'SELECT'),
        coalesce(pg_partition_root(c.oid)::oid, c.oid)::int8,
-       current_setting('server_version_num')::int4
+       current_setting('server_version_num')::int4,
+       (SELECT string_agg(t.tgname::text, ', ' ORDER BY t.tgname)
+          FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal),
+       ARRAY(SELECT DISTINCT f.conrelid::regclass::text
+               FROM pg_constraint f
+              WHERE f.confrelid = c.oid AND f.contype = 'f'
+                AND (f.confdeltype IN ('c', 'n', 'd') OR f.confupdtype IN ('c', 'n', 'd')))
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -166,6 +176,8 @@ pub struct Target {
 pub struct Catalog {
     snapshot: RwLock<Option<Arc<Snapshot>>>,
     stale: AtomicBool,
+    /// DDL ran: refresh even if the last attempt was recent.
+    forced: AtomicBool,
     refresher: tokio::sync::Mutex<Refresher>,
     last_error: Mutex<Option<String>>,
 }
@@ -182,8 +194,15 @@ impl Catalog {
         self.snapshot.read().ok().and_then(|s| s.clone())
     }
 
-    /// Marks the snapshot out of date (DDL passed through, or an unknown table).
+    /// Marks the snapshot out of date because an unknown table was written; it is re-read
+    /// at most once per [`REFRESH_EVERY`] (views, temp tables and typos stay unknown).
     pub fn invalidate(&self) {
+        self.stale.store(true, Ordering::Relaxed);
+    }
+
+    /// Marks the snapshot out of date because DDL ran: the next write re-reads it at once.
+    pub fn invalidate_now(&self) {
+        self.forced.store(true, Ordering::Relaxed);
         self.stale.store(true, Ordering::Relaxed);
     }
 
@@ -205,7 +224,8 @@ impl Catalog {
         if cached.is_some() && !self.stale.load(Ordering::Relaxed) {
             return cached;
         }
-        if r.last_attempt.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
+        let forced = self.forced.swap(false, Ordering::Relaxed);
+        if !forced && r.last_attempt.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
             return cached;
         }
         r.last_attempt = Some(Instant::now());
@@ -265,6 +285,8 @@ async fn read(r: &mut Refresher, target: &Target) -> Result<Snapshot, String> {
             rls: row.try_get(4).map_err(cell)?,
             can_select: row.try_get(5).map_err(cell)?,
             root: u32::try_from(root).unwrap_or_default(),
+            triggers: row.try_get(8).map_err(cell)?,
+            cascades_to: row.try_get(9).map_err(cell)?,
         });
     }
     if version == 0 {
@@ -326,7 +348,7 @@ impl Catalogs {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         for ((db, _), c) in map.iter() {
             if db == database {
-                c.invalidate();
+                c.invalidate_now();
             }
         }
     }
@@ -345,6 +367,8 @@ mod tests {
             rls: false,
             can_select: true,
             root: oid,
+            triggers: None,
+            cascades_to: Vec::new(),
         }
     }
 

@@ -44,6 +44,8 @@ pub struct CapturePlan {
     pub keep_returning: bool,
     /// Why the before image is missing, when it is.
     pub before_note: Option<&'static str>,
+    /// Writes this statement may cause that `RETURNING` cannot show: `(table, why)`.
+    pub unseen: Vec<(Option<String>, String)>,
 }
 
 /// A write the proxy could not image.
@@ -136,6 +138,7 @@ pub fn plan(
                                     op: write.op,
                                     keep_returning: write.has_returning,
                                     before_note: note,
+                                    unseen: unseen(&t, write.op),
                                 }));
                             }
                         }
@@ -169,6 +172,28 @@ pub fn plan(
         unknown_table,
         ddl,
     }
+}
+
+/// What a write to `t` may change beyond the rows it returns.
+fn unseen(t: &crate::catalog::TableInfo, op: WriteOp) -> Vec<(Option<String>, String)> {
+    let name = t.display_name();
+    let mut out = Vec::new();
+    if let Some(triggers) = &t.triggers {
+        out.push((
+            Some(name.clone()),
+            format!("rows written by triggers on {name} ({triggers}) are not captured"),
+        ));
+    }
+    if matches!(op, WriteOp::Delete | WriteOp::Update | WriteOp::Upsert) {
+        for child in &t.cascades_to {
+            let child = child.strip_prefix("public.").unwrap_or(child);
+            out.push((
+                Some(child.to_string()),
+                format!("rows may have changed through the ON DELETE/UPDATE action of a foreign key to {name}"),
+            ));
+        }
+    }
+    out
 }
 
 /// The images one returned row carried.
@@ -311,6 +336,8 @@ mod tests {
                 rls: false,
                 can_select: true,
                 root: 10,
+                triggers: None,
+                cascades_to: Vec::new(),
             }],
         )
     }

@@ -152,6 +152,20 @@ impl Tracker {
                 });
             }
         }
+        if let Some(capture) = &step.capture {
+            if rows > 0 {
+                for (table, why) in &capture.unseen {
+                    out.push(CaptureEvent::Gap {
+                        session: self.session,
+                        at: now,
+                        table: table.clone(),
+                        count: 0,
+                        reason: why.clone(),
+                        request: self.request_for(step),
+                    });
+                }
+            }
+        }
         if let Some(set) = &step.set_request {
             self.apply(set);
         }
@@ -281,6 +295,7 @@ mod tests {
             op: WriteOp::Upsert,
             keep_returning: false,
             before_note: None,
+            unseen: Vec::new(),
         });
         let mut s = step(Kind::Other);
         s.capture = Some(plan.clone());

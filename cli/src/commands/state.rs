@@ -280,26 +280,54 @@ fn gap_json(g: &Gap) -> Value {
     })
 }
 
-fn gap_line(g: &Gap) -> String {
-    let what = match g.count {
-        0 => "writes".to_string(),
-        1 => "1 write".to_string(),
-        n => format!("{n} writes"),
-    };
-    let table = g.table.as_deref().unwrap_or("unknown tables");
-    // A write imaged without its before image is recorded, but not whole.
-    let (status, reason) = match g.reason.strip_suffix(": before image unavailable") {
-        Some(why) => ("captured without a before image", why),
-        None => ("not captured", g.reason.as_str()),
-    };
-    format!(
-        "⚠ {what} to {table} {status}: {reason} ({}{})",
-        local(g.at).format("%Y-%m-%d %H:%M:%S"),
-        g.request
-            .as_deref()
-            .map(|r| format!(", {}", short(Some(r))))
-            .unwrap_or_default()
-    )
+/// Gap lines for the text layouts: gaps with the same table and reason are folded into
+/// one line (a table with triggers gets a note per write), counts summed.
+fn gap_lines(gaps: &[Gap]) -> Vec<String> {
+    let mut folded: Vec<(&Gap, u64, usize, Nanos)> = Vec::new();
+    for g in gaps {
+        match folded
+            .iter_mut()
+            .find(|(f, ..)| f.table == g.table && f.reason == g.reason)
+        {
+            Some((_, count, times, last)) => {
+                *count += g.count;
+                *times += 1;
+                *last = (*last).max(g.until);
+            }
+            None => folded.push((g, g.count, 1, g.until)),
+        }
+    }
+    folded
+        .into_iter()
+        .map(|(g, count, times, last)| {
+            let what = match count {
+                0 => "writes".to_string(),
+                1 => "1 write".to_string(),
+                n => format!("{n} writes"),
+            };
+            let table = g.table.as_deref().unwrap_or("unknown tables");
+            // A write imaged without its before image is recorded, but not whole.
+            let (status, reason) = match g.reason.strip_suffix(": before image unavailable") {
+                Some(why) => ("captured without a before image", why),
+                None => ("not captured", g.reason.as_str()),
+            };
+            let when = if times > 1 {
+                format!(
+                    "{} times, {} – {}",
+                    times,
+                    local(g.at).format("%Y-%m-%d %H:%M:%S"),
+                    local(last).format("%Y-%m-%d %H:%M:%S")
+                )
+            } else {
+                local(g.at).format("%Y-%m-%d %H:%M:%S").to_string()
+            };
+            let request = match (times, g.request.as_deref()) {
+                (1, Some(r)) => format!(", {}", short(Some(r))),
+                _ => String::new(),
+            };
+            format!("⚠ {what} to {table} {status}: {reason} ({when}{request})")
+        })
+        .collect()
 }
 
 fn history(args: HistoryArgs) -> anyhow::Result<()> {
@@ -414,8 +442,8 @@ fn history(args: HistoryArgs) -> anyhow::Result<()> {
             }
             if !gaps.is_empty() {
                 println!();
-                for g in &gaps {
-                    println!("  {}", gap_line(g));
+                for line in gap_lines(&gaps) {
+                    println!("  {line}");
                 }
             }
             if !statements.is_empty() {
@@ -574,8 +602,8 @@ fn blame_cmd(args: BlameArgs) -> anyhow::Result<()> {
             }
             if !gaps.is_empty() {
                 println!();
-                for g in &gaps {
-                    println!("  {}", gap_line(g));
+                for line in gap_lines(&gaps) {
+                    println!("  {line}");
                 }
             }
             println!();
