@@ -202,20 +202,31 @@ impl StoreSink {
     }
 }
 
-impl EventSink for StoreSink {
-    fn emit(&self, event: CaptureEvent) {
-        let Some(record) = self.record(event) else {
+impl StoreSink {
+    fn send(&self, records: Vec<Record>) {
+        if records.is_empty() {
             return;
-        };
+        }
         if self.lost.lock().map(|l| l.is_some()).unwrap_or(false) {
             self.flush_lost();
         }
-        if let Err(rejected) = self.writer.try_write(vec![record]) {
+        if let Err(rejected) = self.writer.try_write(records) {
             let records = match rejected {
                 flux_store::WriteRejected::Full(r) | flux_store::WriteRejected::Stopped(r) => r,
             };
             self.count_lost(&records);
         }
+    }
+}
+
+impl EventSink for StoreSink {
+    fn emit(&self, event: CaptureEvent) {
+        self.send(self.record(event).into_iter().collect());
+    }
+
+    fn emit_all(&self, events: &mut Vec<CaptureEvent>) {
+        let records = events.drain(..).filter_map(|e| self.record(e)).collect();
+        self.send(records);
     }
 
     fn durable(&self) -> Option<Durable> {

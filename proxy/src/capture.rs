@@ -146,6 +146,14 @@ pub trait EventSink: Send + Sync + 'static {
     /// Accepts one event.
     fn emit(&self, event: CaptureEvent);
 
+    /// Accepts the events a session gathered from one read, in order, leaving `events`
+    /// empty. Sinks that hand events to another thread should take them in one go.
+    fn emit_all(&self, events: &mut Vec<CaptureEvent>) {
+        for e in events.drain(..) {
+            self.emit(e);
+        }
+    }
+
     /// With strict durability, a future that resolves once every event emitted so far is
     /// on disk; the session holds a transaction's commit reply until then. `None` (the
     /// default) when durability is relaxed.

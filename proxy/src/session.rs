@@ -826,7 +826,6 @@ async fn server_to_client(
         }
         let chunk = &buf[..end];
         replaced.clear();
-        let mut committed = false;
         {
             let mut r = lock(relay);
             let r = &mut *r;
@@ -877,15 +876,17 @@ async fn server_to_client(
             r.writing_down = true;
         }
         if let Some(sink) = &shared.sink {
-            for e in events.drain(..) {
-                committed |= matches!(
+            let committed = events.iter().any(|e| {
+                matches!(
                     e,
                     CaptureEvent::TxEnded {
                         outcome: TxOutcome::Committed | TxOutcome::Unknown,
                         ..
                     }
-                );
-                sink.emit(e);
+                )
+            });
+            if !events.is_empty() {
+                sink.emit_all(&mut events);
             }
             if committed {
                 // Strict durability: the commit's answer waits for its records.
