@@ -362,18 +362,32 @@ impl Store {
         Ok(out)
     }
 
-    /// Request ids with at least one mutation that start with `prefix` (at most `limit`).
+    /// Request ids with at least one recorded mutation or statement that start with
+    /// `prefix` (at most `limit`, sorted).
     pub fn requests_with_prefix(
         &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut found = self.ids_with_prefix(MUTATIONS_BY_REQUEST, prefix, limit)?;
+        found.extend(self.ids_with_prefix(STATEMENTS, prefix, limit)?);
+        found.sort();
+        found.dedup();
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    /// Distinct leading request ids of `family`'s keys that start with `prefix`.
+    fn ids_with_prefix(
+        &self,
+        family: &str,
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
         let mut found = Vec::new();
         let mut start = prefix.as_bytes().to_vec();
         loop {
-            let first = self
-                .scan(MUTATIONS_BY_REQUEST, &start, prefix.as_bytes())
-                .next();
+            let first = self.scan(family, &start, prefix.as_bytes()).next();
             let Some(entry) = first else { break };
             let (k, _) = entry?;
             let (id, _) = keys::take_str(&k).ok_or_else(|| self.corrupt("request index"))?;

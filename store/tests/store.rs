@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use flux_store::{
-    blame, Durability, Gap, Mutation, Op, Outcome, Record, Store, StoreError, TxEvent, TxId,
-    TxRecord, Writer, WriterConfig,
+    blame, Durability, Gap, Mutation, Op, Outcome, Record, StatementRecord, Store, StoreError,
+    TxEvent, TxId, TxRecord, Writer, WriterConfig,
 };
 
 fn tx(n: u64) -> TxId {
@@ -185,6 +185,36 @@ fn history_resolves_outcomes_per_row() {
         .requests_with_prefix("nope", 10)
         .expect("prefix")
         .is_empty());
+    // A request that only ran statements (say, one that failed before writing) is found
+    // too, and its statements come back in order.
+    let statement = |sql: &str, tag: Option<&str>| {
+        Record::Statement(StatementRecord {
+            request: "req-d".into(),
+            at: 30,
+            duration: 1_000,
+            sql: sql.into(),
+            tag: tag.map(str::to_string),
+            sqlstate: tag.is_none().then(|| "22012".to_string()),
+            error: tag.is_none().then(|| "division by zero".to_string()),
+        })
+    };
+    store
+        .write(
+            &[
+                statement("select 1", Some("SELECT 1")),
+                statement("select 1/0", None),
+            ],
+            false,
+        )
+        .expect("write statements");
+    assert_eq!(
+        store.requests_with_prefix("req-", 10).expect("prefix"),
+        ["req-a", "req-b", "req-c", "req-d"]
+    );
+    let st = store.request_statements("req-d").expect("statements");
+    assert_eq!(st.len(), 2);
+    assert_eq!(st[1].sqlstate.as_deref(), Some("22012"));
+    assert!(store.request_statements("req-a").expect("none").is_empty());
 }
 
 #[test]

@@ -173,7 +173,7 @@ fn resolve_request(store: &Store, given: &str) -> anyhow::Result<String> {
     }
     let found = store.requests_with_prefix(given, 20)?;
     match found.as_slice() {
-        [] => bail!("no recorded changes for request {given}"),
+        [] => bail!("nothing recorded for request {given}: no changes or statements carry that id"),
         [one] => Ok(one.clone()),
         many if many.iter().any(|r| r == given) => Ok(given.to_string()),
         many => bail!(
