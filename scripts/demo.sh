@@ -38,7 +38,7 @@ for _ in $(seq 100); do grep -q "listening on" "$work/flux.log" && break; sleep 
 grep -q "listening on" "$work/flux.log" || { cat "$work/flux.log" >&2; exit 1; }
 
 URL="postgres://postgres@127.0.0.1:$FLUX_PORT/postgres"
-echo "==> four requests through the proxy (the third one's transaction rolls back)" >&2
+echo "==> four requests through the proxy (the fourth one's transaction rolls back)" >&2
 psql -X -q "$URL" -v ON_ERROR_STOP=1 <<'SQL'
 CREATE TABLE users (id int PRIMARY KEY, email text, name text, plan text NOT NULL DEFAULT 'free');
 INSERT INTO users (id, email) VALUES (42, 'a@b.com') /*traceparent='00-4f9a3b2c0d1e4f5a8b9c0d1e2f3a4b5c-00f067aa0ba902b7-01'*/;
