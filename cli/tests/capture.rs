@@ -126,13 +126,11 @@ async fn seed_row_story_history_and_blame() {
     .await
     .expect("update");
     tx.commit().await.expect("commit");
-    // C: set_config(…, true), prepared statement with parameters.
+    // C: set_config(…, $1, true) with the id as a bind parameter, then a prepared update.
     let tx = c.transaction().await.expect("begin");
-    tx.batch_execute(&format!(
-        "select set_config('flux.request_id', '{REQ_C}', true)"
-    ))
-    .await
-    .expect("set_config");
+    tx.execute("select set_config('flux.request_id', $1, true)", &[&REQ_C])
+        .await
+        .expect("set_config");
     tx.execute(
         "update users set plan = $1 where id = $2",
         &[&"pro", &42i32],

@@ -141,6 +141,28 @@ pub fn query(sql: &str) -> Bytes {
     encode(tag::QUERY, &body)
 }
 
+/// A `Bind`'s parameter `n` (1-based) as bytes, when it is not NULL.
+pub fn bind_param(frame: &Bytes, n: usize) -> Result<Option<Vec<u8>>, Malformed> {
+    let mut c = Cursor::new(frame, "Bind");
+    c.cstr()?;
+    c.cstr()?;
+    let formats = usize::try_from(c.i16()?).map_err(|_| c.err())?;
+    c.take(formats * 2)?;
+    let params = usize::try_from(c.i16()?).map_err(|_| c.err())?;
+    for i in 1..=params {
+        let len = c.i32()?;
+        let value = if len >= 0 {
+            Some(c.take(len as usize)?.to_vec())
+        } else {
+            None
+        };
+        if i == n {
+            return Ok(value);
+        }
+    }
+    Ok(None)
+}
+
 /// A `Bind`'s result-format codes, and where their count starts in the body.
 pub fn bind_result_formats(frame: &Bytes) -> Result<(usize, Vec<i16>), Malformed> {
     let mut c = Cursor::new(frame, "Bind");

@@ -56,6 +56,9 @@ pub struct SetRequest {
     pub local: bool,
     /// The new value; `None` for `RESET` / `SET … TO DEFAULT`.
     pub value: Option<String>,
+    /// The value is this bind parameter (`set_config('flux.request_id', $1, true)`),
+    /// 1-based; the session fills `value` from each `Bind`.
+    pub param: Option<usize>,
 }
 
 /// The kinds of statement capture cares about.
@@ -424,16 +427,19 @@ pub fn classify(statement: &Statement) -> Kind {
                 [v] => literal_string(v),
                 _ => None,
             },
+            param: None,
         }),
         Statement::Reset(r) => match &r.reset {
             ast::Reset::ALL => Kind::SetRequest(SetRequest {
                 local: false,
                 value: None,
+                param: None,
             }),
             ast::Reset::ConfigurationParameter(n) if is_request_setting(n) => {
                 Kind::SetRequest(SetRequest {
                     local: false,
                     value: None,
+                    param: None,
                 })
             }
             _ => Kind::Other,
@@ -479,17 +485,36 @@ fn set_config_call(tokens: &[TokenWithSpan]) -> Option<SetRequest> {
         .map(|t| &t.token)
         .filter(|t| !is_trivia(t))
         .collect();
-    real.windows(8).find_map(|w| match w {
-        [Token::Word(f), Token::LParen, Token::SingleQuotedString(name), Token::Comma, Token::SingleQuotedString(value), Token::Comma, Token::Word(local), Token::RParen]
-            if f.value.eq_ignore_ascii_case("set_config")
-                && name.eq_ignore_ascii_case(REQUEST_ID_SETTING) =>
+    // Skips a `::type` cast at `i`, returning the index after it.
+    let skip_cast = |i: usize| match (real.get(i), real.get(i + 1)) {
+        (Some(Token::DoubleColon), Some(Token::Word(_))) => i + 2,
+        _ => i,
+    };
+    (0..real.len()).find_map(|i| {
+        let head = real.get(i..i + 4)?;
+        let [Token::Word(f), Token::LParen, Token::SingleQuotedString(name), Token::Comma] = head
+        else {
+            return None;
+        };
+        if !f.value.eq_ignore_ascii_case("set_config")
+            || !name.eq_ignore_ascii_case(REQUEST_ID_SETTING)
         {
-            Some(SetRequest {
-                local: local.value.eq_ignore_ascii_case("true"),
-                value: Some(value.clone()),
-            })
+            return None;
         }
-        _ => None,
+        let (value, param) = match real.get(i + 4)? {
+            Token::SingleQuotedString(v) => (Some(v.clone()), None),
+            Token::Placeholder(p) => (None, Some(p.strip_prefix('$')?.parse().ok()?)),
+            _ => return None,
+        };
+        let j = skip_cast(i + 5);
+        let (Some(Token::Comma), Some(Token::Word(local))) = (real.get(j), real.get(j + 1)) else {
+            return None;
+        };
+        Some(SetRequest {
+            local: local.value.eq_ignore_ascii_case("true"),
+            value,
+            param,
+        })
     })
 }
 
@@ -673,21 +698,33 @@ mod tests {
             kinds[3],
             Kind::SetRequest(SetRequest {
                 local: true,
-                value: Some("r-1".into())
+                value: Some("r-1".into()),
+                param: None,
             })
         );
         assert_eq!(
             kinds[4],
             Kind::SetRequest(SetRequest {
                 local: false,
-                value: None
+                value: None,
+                param: None,
             })
         );
         assert_eq!(
             a.steps[5].set_request,
             Some(SetRequest {
                 local: true,
-                value: Some("r-2".into())
+                value: Some("r-2".into()),
+                param: None,
+            })
+        );
+        let a = analyze("SELECT set_config('flux.request_id', $2::text, true), $1");
+        assert_eq!(
+            a.steps[0].set_request,
+            Some(SetRequest {
+                local: true,
+                value: None,
+                param: Some(2),
             })
         );
         assert_eq!(kinds[6], Kind::Commit);

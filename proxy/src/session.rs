@@ -627,6 +627,36 @@ async fn snapshot_for(p: &mut Planner, chunk: &[u8], frames: &FrameIndex) -> Opt
     }
 }
 
+/// Fills `set_config('flux.request_id', $n, …)` values from the `Bind` (text, or the
+/// bytes of a binary text parameter); a portal gets its own copy of the plan.
+fn bind_request_params(prepared: &mut Prepared, bind: &Bytes) {
+    let Some(steps) = &prepared.steps else {
+        return;
+    };
+    if !steps
+        .iter()
+        .any(|s| s.set_request.as_ref().is_some_and(|r| r.param.is_some()))
+    {
+        return;
+    }
+    let bound: Vec<StepPlan> = steps
+        .iter()
+        .map(|step| {
+            let mut step = step.clone();
+            if let Some(set) = &mut step.set_request {
+                if let Some(n) = set.param {
+                    set.value = message::bind_param(bind, n)
+                        .ok()
+                        .flatten()
+                        .and_then(|v| String::from_utf8(v).ok());
+                }
+            }
+            step
+        })
+        .collect();
+    prepared.steps = Some(bound.into());
+}
+
 /// The SQL text of a `Query` or `Parse` frame, borrowed.
 fn sql_of(t: u8, frame: &[u8]) -> Option<&[u8]> {
     let body = frame.get(crate::frame::HEADER_LEN..)?;
@@ -718,6 +748,7 @@ fn plan_frontend(
             let mut replacement = None;
             if let Ok((portal, stmt)) = message::bind_names(&f) {
                 if let Some(mut prepared) = p.names.statements.get(&stmt).cloned() {
+                    bind_request_params(&mut prepared, &f);
                     let captured = prepared
                         .steps
                         .as_ref()

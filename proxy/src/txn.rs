@@ -388,6 +388,7 @@ mod tests {
             step(Kind::SetRequest(SetRequest {
                 local,
                 value: Some(v.into()),
+                param: None,
             }))
         };
         t.on_completion(&set(false, "sess"), Some("SET"), &mut out);
