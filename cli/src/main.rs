@@ -28,6 +28,8 @@ enum Command {
     /// Row history and column blame from the record.
     #[command(subcommand)]
     State(commands::state::StateCommand),
+    /// Why a request failed: the failing statement, its data changes, a suggestion.
+    Why(commands::why::WhyArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Proxy(args) => commands::proxy::run(args),
         Command::State(command) => commands::state::run(command),
+        Command::Why(args) => commands::why::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -535,6 +535,71 @@ async fn settle() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
+/// `flux why` for a request that failed in the database: the failing statement and its
+/// SQLSTATE, the rows it changed (rolled back), and the rule's suggestion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn why_names_the_failing_statement_and_its_rolled_back_changes() {
+    let pg = PgCluster::start(Options::default());
+    pg.admin_sql("create table users(id int primary key, plan text)");
+    let data = tempfile::tempdir().expect("tmp");
+    let daemon = proxy(&pg, data.path(), &[]);
+    let mut c = flux_integration_tests::pg::connect(&daemon.conn_str()).await;
+    c.batch_execute("insert into users values (1, 'free'), (2, 'free')")
+        .await
+        .expect("seed");
+    let tx = c.transaction().await.expect("begin");
+    tx.batch_execute("set local flux.request_id = 'dup-0001-request'")
+        .await
+        .expect("tag");
+    tx.execute("update users set plan = 'pro' where id = 1", &[])
+        .await
+        .expect("update");
+    let dup = tx.execute("insert into users values (2, 'x')", &[]).await;
+    assert!(dup.is_err());
+    drop(tx); // rolls back
+    c.batch_execute("select 1").await.expect("still usable");
+    settle().await;
+
+    let out = flux()
+        .args(["why", "dup-0001", "--format", "json", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .expect("run flux why");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let why: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(why["request"], "dup-0001-request");
+    assert_eq!(why["root_cause"]["sqlstate"], "23505", "{why:#}");
+    assert!(why["root_cause"]["sql"]
+        .as_str()
+        .is_some_and(|s| s.contains("insert into users")));
+    let changes = why["data_changes"].as_array().expect("changes");
+    assert_eq!(changes.len(), 1, "{why:#}");
+    assert_eq!(changes[0]["outcome"], "rolled_back");
+    assert_eq!(changes[0]["after"]["plan"], "pro");
+    assert!(why["suggestion"]
+        .as_str()
+        .is_some_and(|s| s.contains("idempotent")));
+    let text = flux()
+        .args(["why", "req:dup-0001", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .expect("run flux why");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("ROOT CAUSE") && text.contains("SQLSTATE 23505"),
+        "{text}"
+    );
+    assert!(
+        text.contains("users.id=1  UPDATE plan: free → pro (rollback)"),
+        "{text}"
+    );
+    assert!(text.contains("SUGGESTION"), "{text}");
+}
+
 /// A small deterministic generator (xorshift), so failures reproduce.
 struct Rng(u64);
 

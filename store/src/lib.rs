@@ -14,6 +14,7 @@ pub mod db;
 pub mod keys;
 pub mod model;
 pub mod query;
+pub mod why;
 pub mod writer;
 
 pub use db::{Store, StoreError, SCHEMA_VERSION};

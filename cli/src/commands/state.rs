@@ -92,7 +92,7 @@ pub fn run(command: StateCommand) -> anyhow::Result<()> {
     }
 }
 
-fn open(dir: &Path) -> anyhow::Result<Store> {
+pub(crate) fn open(dir: &Path) -> anyhow::Result<Store> {
     if !dir.join("CURRENT").is_file() {
         bail!(
             "no Flux record in {}: point --data-dir (or FLUX_DATA_DIR) at the directory `flux proxy --data-dir` writes",
@@ -166,7 +166,7 @@ fn window(args: &HistoryArgs) -> anyhow::Result<(Option<Nanos>, Option<Nanos>)> 
 }
 
 /// Resolves a request id or unique prefix (4+ characters, `req:` optional).
-fn resolve_request(store: &Store, given: &str) -> anyhow::Result<String> {
+pub(crate) fn resolve_request(store: &Store, given: &str) -> anyhow::Result<String> {
     let given = given.strip_prefix("req:").unwrap_or(given);
     if given.len() < 4 {
         bail!("request id {given:?} is too short: give at least 4 characters");
@@ -183,18 +183,18 @@ fn resolve_request(store: &Store, given: &str) -> anyhow::Result<String> {
     }
 }
 
-fn short(request: Option<&str>) -> String {
+pub(crate) fn short(request: Option<&str>) -> String {
     match request {
         Some(r) => format!("req:{}", r.chars().take(8).collect::<String>()),
         None => "req:-".to_string(),
     }
 }
 
-fn local(at: Nanos) -> DateTime<Local> {
+pub(crate) fn local(at: Nanos) -> DateTime<Local> {
     Local.timestamp_nanos(at as i64)
 }
 
-fn show(v: &Value) -> String {
+pub(crate) fn show(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -211,7 +211,7 @@ fn outcome_str(o: Outcome) -> &'static str {
 }
 
 /// What a change did, in one line: `plan: free → pro`, or the row's columns.
-fn change(m: &MutationView) -> String {
+pub(crate) fn change(m: &MutationView) -> String {
     let obj = |v: &Option<Value>| v.as_ref().and_then(Value::as_object).cloned();
     let columns = |o: serde_json::Map<String, Value>| {
         o.iter()
@@ -245,7 +245,7 @@ fn change(m: &MutationView) -> String {
     }
 }
 
-fn marker(o: Outcome) -> &'static str {
+pub(crate) fn marker(o: Outcome) -> &'static str {
     match o {
         Outcome::Committed => "",
         Outcome::RolledBack => " (rollback)",
@@ -254,7 +254,7 @@ fn marker(o: Outcome) -> &'static str {
     }
 }
 
-fn entry_json(e: &HistoryEntry) -> Value {
+pub(crate) fn entry_json(e: &HistoryEntry) -> Value {
     let m = &e.mutation;
     json!({
         "at": local(m.at).to_rfc3339(),
@@ -472,7 +472,7 @@ fn history(args: HistoryArgs) -> anyhow::Result<()> {
 }
 
 /// SQL on one line, cut to `max` characters.
-fn one_line(sql: &str, max: usize) -> String {
+pub(crate) fn one_line(sql: &str, max: usize) -> String {
     let flat = sql.split_whitespace().collect::<Vec<_>>().join(" ");
     if flat.chars().count() > max {
         format!("{}…", flat.chars().take(max).collect::<String>())
