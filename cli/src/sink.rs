@@ -5,7 +5,7 @@
 //! accepts again, one gap record per table says how many writes were lost and when.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,6 +41,8 @@ pub struct StoreSink {
     boot: Nanos,
     durability: Durability,
     lost: Mutex<Option<Lost>>,
+    /// `lost` holds records not yet written as gaps (checked on every send without the lock).
+    lagging: AtomicBool,
     /// Writes lost to a lagging or failed store since start.
     pub dropped: AtomicU64,
 }
@@ -53,6 +55,7 @@ impl StoreSink {
             boot: nanos(SystemTime::now()),
             durability,
             lost: Mutex::new(None),
+            lagging: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
         }
     }
@@ -153,6 +156,7 @@ impl StoreSink {
         let now = nanos(SystemTime::now());
         let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
         let first = lost.is_none();
+        self.lagging.store(true, Ordering::Relaxed);
         let l = lost.get_or_insert_with(|| Lost {
             since: now,
             ..Default::default()
@@ -173,6 +177,7 @@ impl StoreSink {
     fn flush_lost(&self) {
         let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
         let Some(l) = lost.take() else {
+            self.lagging.store(false, Ordering::Relaxed);
             return;
         };
         let gaps: Vec<Record> = l
@@ -190,13 +195,17 @@ impl StoreSink {
             })
             .collect();
         if gaps.is_empty() {
+            self.lagging.store(false, Ordering::Relaxed);
             return;
         }
         match self.writer.try_write(gaps) {
-            Ok(()) => tracing::warn!(
-                "capture resumed; {} lost writes recorded as gaps",
-                l.by_table.values().sum::<u64>()
-            ),
+            Ok(()) => {
+                self.lagging.store(false, Ordering::Relaxed);
+                tracing::warn!(
+                    "capture resumed; {} lost writes recorded as gaps",
+                    l.by_table.values().sum::<u64>()
+                );
+            }
             Err(_) => *lost = Some(l),
         }
     }
@@ -207,7 +216,7 @@ impl StoreSink {
         if records.is_empty() {
             return;
         }
-        if self.lost.lock().map(|l| l.is_some()).unwrap_or(false) {
+        if self.lagging.load(Ordering::Relaxed) {
             self.flush_lost();
         }
         if let Err(rejected) = self.writer.try_write(records) {

@@ -194,6 +194,14 @@ impl Catalog {
         self.snapshot.read().ok().and_then(|s| s.clone())
     }
 
+    /// The cached snapshot when it is not known to be out of date.
+    pub fn fresh(&self) -> Option<Arc<Snapshot>> {
+        if self.stale.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.cached()
+    }
+
     /// Marks the snapshot out of date because an unknown table was written; it is re-read
     /// at most once per [`REFRESH_EVERY`] (views, temp tables and typos stay unknown).
     pub fn invalidate(&self) {
@@ -214,16 +222,15 @@ impl Catalog {
     /// A current snapshot: the cached one unless it is stale (or missing), in which case
     /// it is re-read, at most once per [`REFRESH_EVERY`]. Returns what it has on failure.
     pub async fn current(&self, target: &Target) -> Option<Arc<Snapshot>> {
-        let cached = self.cached();
-        if cached.is_some() && !self.stale.load(Ordering::Relaxed) {
-            return cached;
+        if let Some(fresh) = self.fresh() {
+            return Some(fresh);
         }
         let mut r = self.refresher.lock().await;
         // Another session may have refreshed while this one waited for the lock.
-        let cached = self.cached();
-        if cached.is_some() && !self.stale.load(Ordering::Relaxed) {
-            return cached;
+        if let Some(fresh) = self.fresh() {
+            return Some(fresh);
         }
+        let cached = self.cached();
         let forced = self.forced.swap(false, Ordering::Relaxed);
         if !forced && r.last_attempt.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
             return cached;

@@ -55,17 +55,17 @@ pub struct Malformed {
     pub what: &'static str,
 }
 
-/// Zero-copy reader over a message body.
-struct Cursor {
-    body: Bytes,
+/// Zero-copy reader over a message body: everything it returns borrows the frame.
+struct Cursor<'a> {
+    body: &'a [u8],
     pos: usize,
     what: &'static str,
 }
 
-impl Cursor {
-    fn new(frame: &Bytes, what: &'static str) -> Self {
+impl<'a> Cursor<'a> {
+    fn new(frame: &'a [u8], what: &'static str) -> Self {
         Self {
-            body: frame.slice(frame.len().min(crate::frame::HEADER_LEN)..),
+            body: frame.get(crate::frame::HEADER_LEN..).unwrap_or_default(),
             pos: 0,
             what,
         }
@@ -76,13 +76,13 @@ impl Cursor {
     }
 
     /// A NUL-terminated string, without its terminator.
-    fn cstr(&mut self) -> Result<Bytes, Malformed> {
+    fn cstr(&mut self) -> Result<&'a [u8], Malformed> {
         let rest = self.body.get(self.pos..).ok_or_else(|| self.err())?;
         let nul = rest
             .iter()
             .position(|&b| b == 0)
             .ok_or_else(|| self.err())?;
-        let s = self.body.slice(self.pos..self.pos + nul);
+        let s = rest.get(..nul).ok_or_else(|| self.err())?;
         self.pos += nul + 1;
         Ok(s)
     }
@@ -93,7 +93,7 @@ impl Cursor {
         Ok(b)
     }
 
-    fn take(&mut self, n: usize) -> Result<&[u8], Malformed> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
         let end = self.pos.checked_add(n).ok_or_else(|| self.err())?;
         let s = self
             .body
@@ -113,19 +113,19 @@ impl Cursor {
         Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    fn rest(&self) -> &[u8] {
+    fn rest(&self) -> &'a [u8] {
         self.body.get(self.pos..).unwrap_or_default()
     }
 }
 
 /// `Parse` with its SQL text replaced (name and parameter types kept).
-pub fn parse_with_sql(frame: &Bytes, sql: &str) -> Result<Bytes, Malformed> {
+pub fn parse_with_sql(frame: &[u8], sql: &str) -> Result<Bytes, Malformed> {
     let mut c = Cursor::new(frame, "Parse");
     let name = c.cstr()?;
     c.cstr()?;
     let rest = c.rest();
     let mut body = Vec::with_capacity(name.len() + sql.len() + rest.len() + 2);
-    body.extend_from_slice(&name);
+    body.extend_from_slice(name);
     body.push(0);
     body.extend_from_slice(sql.as_bytes());
     body.push(0);
@@ -142,7 +142,7 @@ pub fn query(sql: &str) -> Bytes {
 }
 
 /// A `Bind`'s parameter `n` (1-based) as bytes, when it is not NULL.
-pub fn bind_param(frame: &Bytes, n: usize) -> Result<Option<Vec<u8>>, Malformed> {
+pub fn bind_param(frame: &[u8], n: usize) -> Result<Option<&[u8]>, Malformed> {
     let mut c = Cursor::new(frame, "Bind");
     c.cstr()?;
     c.cstr()?;
@@ -152,7 +152,7 @@ pub fn bind_param(frame: &Bytes, n: usize) -> Result<Option<Vec<u8>>, Malformed>
     for i in 1..=params {
         let len = c.i32()?;
         let value = if len >= 0 {
-            Some(c.take(len as usize)?.to_vec())
+            Some(c.take(len as usize)?)
         } else {
             None
         };
@@ -164,7 +164,7 @@ pub fn bind_param(frame: &Bytes, n: usize) -> Result<Option<Vec<u8>>, Malformed>
 }
 
 /// A `Bind`'s result-format codes, and where their count starts in the body.
-pub fn bind_result_formats(frame: &Bytes) -> Result<(usize, Vec<i16>), Malformed> {
+pub fn bind_result_formats(frame: &[u8]) -> Result<(usize, Vec<i16>), Malformed> {
     let mut c = Cursor::new(frame, "Bind");
     c.cstr()?;
     c.cstr()?;
@@ -188,7 +188,7 @@ pub fn bind_result_formats(frame: &Bytes) -> Result<(usize, Vec<i16>), Malformed
 
 /// A `Bind` whose per-column result formats get `extra` more text (0) codes, for the
 /// columns capture appended. `codes` and `at` come from [`bind_result_formats`].
-pub fn bind_with_extra_formats(frame: &Bytes, at: usize, codes: &[i16], extra: usize) -> Bytes {
+pub fn bind_with_extra_formats(frame: &[u8], at: usize, codes: &[i16], extra: usize) -> Bytes {
     let body = frame.get(crate::frame::HEADER_LEN..).unwrap_or_default();
     let head = body.get(..at).unwrap_or_default();
     let mut out = Vec::with_capacity(body.len() + extra * 2);
@@ -202,12 +202,12 @@ pub fn bind_with_extra_formats(frame: &Bytes, at: usize, codes: &[i16], extra: u
 }
 
 /// `Query`: the SQL text of a simple-protocol query.
-pub fn query_sql(frame: &Bytes) -> Result<Bytes, Malformed> {
+pub fn query_sql(frame: &[u8]) -> Result<&[u8], Malformed> {
     Cursor::new(frame, "Query").cstr()
 }
 
 /// `Parse`: statement name and SQL text.
-pub fn parse_message(frame: &Bytes) -> Result<(Bytes, Bytes), Malformed> {
+pub fn parse_message(frame: &[u8]) -> Result<(&[u8], &[u8]), Malformed> {
     let mut c = Cursor::new(frame, "Parse");
     let name = c.cstr()?;
     let sql = c.cstr()?;
@@ -215,7 +215,7 @@ pub fn parse_message(frame: &Bytes) -> Result<(Bytes, Bytes), Malformed> {
 }
 
 /// `Bind`: portal name and statement name (parameters are not decoded here).
-pub fn bind_names(frame: &Bytes) -> Result<(Bytes, Bytes), Malformed> {
+pub fn bind_names(frame: &[u8]) -> Result<(&[u8], &[u8]), Malformed> {
     let mut c = Cursor::new(frame, "Bind");
     let portal = c.cstr()?;
     let statement = c.cstr()?;
@@ -223,12 +223,12 @@ pub fn bind_names(frame: &Bytes) -> Result<(Bytes, Bytes), Malformed> {
 }
 
 /// `Execute`: the portal name.
-pub fn execute_portal(frame: &Bytes) -> Result<Bytes, Malformed> {
+pub fn execute_portal(frame: &[u8]) -> Result<&[u8], Malformed> {
     Cursor::new(frame, "Execute").cstr()
 }
 
 /// `Close` and `Describe`: `b'S'` (statement) or `b'P'` (portal), and the name.
-pub fn target(frame: &Bytes) -> Result<(u8, Bytes), Malformed> {
+pub fn target(frame: &[u8]) -> Result<(u8, &[u8]), Malformed> {
     let mut c = Cursor::new(frame, "Close/Describe");
     let kind = c.u8()?;
     let name = c.cstr()?;
@@ -236,7 +236,7 @@ pub fn target(frame: &Bytes) -> Result<(u8, Bytes), Malformed> {
 }
 
 /// `SASLInitialResponse` (a `p` message answering `AuthenticationSASL`): the mechanism.
-pub fn sasl_mechanism(frame: &Bytes) -> Result<Bytes, Malformed> {
+pub fn sasl_mechanism(frame: &[u8]) -> Result<&[u8], Malformed> {
     Cursor::new(frame, "SASLInitialResponse").cstr()
 }
 
@@ -362,12 +362,12 @@ mod tests {
     fn decodes_frontend_messages() {
         let p = frame(b'P', b"s1\0select $1\0\0\0");
         let (name, sql) = parse_message(&p).unwrap();
-        assert_eq!((&name[..], &sql[..]), (&b"s1"[..], &b"select $1"[..]));
+        assert_eq!((name, sql), (&b"s1"[..], &b"select $1"[..]));
         let b = frame(b'B', b"p\0s1\0\0\0\0\0\0\0");
         let (portal, stmt) = bind_names(&b).unwrap();
-        assert_eq!((&portal[..], &stmt[..]), (&b"p"[..], &b"s1"[..]));
+        assert_eq!((portal, stmt), (&b"p"[..], &b"s1"[..]));
         let d = frame(b'D', b"Sname\0");
-        assert_eq!(target(&d).unwrap(), (b'S', Bytes::from_static(b"name")));
+        assert_eq!(target(&d).unwrap(), (b'S', &b"name"[..]));
     }
 
     #[test]

@@ -99,16 +99,17 @@ impl Statement {
 }
 
 /// What the next `RowDescription` or `DataRow` belongs to, when capture rewrote it.
-#[derive(Debug, Clone)]
-pub enum Rewritten {
+/// Borrowed from the FIFO: it is asked for on every row.
+#[derive(Debug, Clone, Copy)]
+pub enum Rewritten<'a> {
     /// A `Describe` of a rewritten statement or portal.
-    Describe(Arc<CapturePlan>),
+    Describe(&'a CapturePlan),
     /// Rows of a rewritten statement.
     Rows {
         /// The statement.
-        statement: Statement,
+        statement: &'a Statement,
         /// Its capture plan.
-        plan: Arc<CapturePlan>,
+        plan: &'a CapturePlan,
     },
 }
 
@@ -272,15 +273,13 @@ impl Pipeline {
 
     /// When the response at the front belongs to a statement capture rewrote: what to
     /// do with its `RowDescription` and `DataRow`s.
-    pub fn rewritten(&mut self) -> Option<Rewritten> {
-        match self.front()? {
-            Request::Describe(Some(plan)) => Some(Rewritten::Describe(plan.clone())),
+    pub fn rewritten(&self) -> Option<Rewritten<'_>> {
+        let front = self.queue.iter().find(|r| !matches!(r, Request::CopyEnd))?;
+        match front {
+            Request::Describe(Some(plan)) => Some(Rewritten::Describe(plan)),
             Request::Query(statement) | Request::Execute(statement) => {
-                let plan = statement.current()?.capture.clone()?;
-                Some(Rewritten::Rows {
-                    statement: statement.clone(),
-                    plan,
-                })
+                let plan = statement.current()?.capture.as_deref()?;
+                Some(Rewritten::Rows { statement, plan })
             }
             _ => None,
         }

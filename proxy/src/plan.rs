@@ -35,6 +35,8 @@ pub struct StepPlan {
 pub struct CapturePlan {
     /// The table as the store names it (see [`crate::catalog::display_name`]).
     pub table: String,
+    /// Its `pg_class` oid: rows whose `tableoid` differs went elsewhere (a partition).
+    pub oid: u32,
     /// Its primary key.
     pub pk: Vec<String>,
     /// The statement.
@@ -64,10 +66,9 @@ pub struct Planned {
     pub sql: Option<String>,
     /// One plan per statement, in order.
     pub steps: Arc<[StepPlan]>,
-    /// A written table was not in the catalog snapshot: refresh it.
+    /// A written table was not in the catalog snapshot: refresh it. (DDL refreshes the
+    /// catalog when it completes; see the session.)
     pub unknown_table: bool,
-    /// The string holds DDL: refresh the catalog after it ran.
-    pub ddl: bool,
 }
 
 /// Plans `sql` (whose statements `analysis` describes). `trailing_request` is the request
@@ -83,7 +84,6 @@ pub fn plan(
     let mut out = String::new();
     let mut copied = 0;
     let mut unknown_table = false;
-    let mut ddl = false;
     let steps: Vec<StepPlan> = analysis
         .steps
         .iter()
@@ -134,6 +134,7 @@ pub fn plan(
                                 copied = step.insert_at;
                                 plan.capture = Some(Arc::new(CapturePlan {
                                     table: t.display_name(),
+                                    oid: t.oid,
                                     pk: t.pk.clone(),
                                     op: write.op,
                                     keep_returning: write.has_returning,
@@ -156,7 +157,6 @@ pub fn plan(
                         reason: (*reason).to_string(),
                     })
                 }
-                Kind::Ddl => ddl = true,
                 _ => {}
             }
             plan
@@ -170,7 +170,6 @@ pub fn plan(
         sql,
         steps: steps.into(),
         unknown_table,
-        ddl,
     }
 }
 

@@ -135,7 +135,13 @@ pub fn analyze(sql: &str) -> Analysis {
         Ok(t) => t,
         Err(_) => {
             return Analysis {
-                steps: vec![unparsed(sql, sql.len(), None)],
+                steps: vec![Step {
+                    insert_at: sql.len(),
+                    start: 0,
+                    kind: unparsed(sql),
+                    request_id: None,
+                    set_request: None,
+                }],
             }
         }
     };
@@ -175,7 +181,7 @@ pub fn analyze(sql: &str) -> Analysis {
             .parse_statement()
         {
             Ok(statement) => classify(&statement),
-            Err(_) => unparsed(text, insert_at, None).kind,
+            Err(_) => unparsed(text),
         };
         steps.push(Step {
             insert_at,
@@ -188,25 +194,19 @@ pub fn analyze(sql: &str) -> Analysis {
     Analysis { steps }
 }
 
-fn unparsed(text: &str, insert_at: usize, request_id: Option<String>) -> Step {
+/// What a statement the parser rejected is taken for: a write (a gap) by its first word.
+fn unparsed(text: &str) -> Kind {
     let first = text
         .split(|c: char| !c.is_ascii_alphabetic())
         .find(|w| !w.is_empty())
         .unwrap_or_default()
         .to_ascii_lowercase();
-    let kind = match first.as_str() {
+    match first.as_str() {
         "insert" | "update" | "delete" | "merge" | "with" | "copy" | "truncate" => Kind::Unimaged {
             table: None,
             reason: "statement not understood by the proxy's SQL parser",
         },
         _ => Kind::Other,
-    };
-    Step {
-        insert_at,
-        start: 0,
-        kind,
-        request_id,
-        set_request: None,
     }
 }
 
@@ -277,6 +277,25 @@ fn assigned_columns(assignments: &[ast::Assignment]) -> Vec<String> {
     out
 }
 
+/// A write on `name` (aliased `alias`) as capture sees it.
+fn write_kind(
+    op: WriteOp,
+    name: &ObjectName,
+    alias: Option<&ast::Ident>,
+    has_returning: bool,
+    assigned: Vec<String>,
+) -> Kind {
+    Kind::Write(Write {
+        op,
+        table: name_parts(name),
+        table_sql: name.to_string(),
+        refname: alias.map_or_else(|| last_part_sql(name), |a| a.to_string()),
+        has_returning,
+        assigned,
+        shadows_old_new: alias.is_some_and(is_old_new),
+    })
+}
+
 fn is_old_new(alias: &ast::Ident) -> bool {
     let a = ident(alias);
     a == "old" || a == "new"
@@ -308,15 +327,7 @@ pub fn classify(statement: &Statement) -> Kind {
                 }
             };
             let alias = insert.table_alias.as_ref().map(|a| &a.alias);
-            Kind::Write(Write {
-                op,
-                table: name_parts(name),
-                table_sql: name.to_string(),
-                refname: alias.map_or_else(|| last_part_sql(name), |a| a.to_string()),
-                has_returning: insert.returning.is_some(),
-                assigned,
-                shadows_old_new: alias.is_some_and(is_old_new),
-            })
+            write_kind(op, name, alias, insert.returning.is_some(), assigned)
         }
         Statement::Update(update) => {
             let TableFactor::Table { name, alias, .. } = &update.table.relation else {
@@ -332,15 +343,13 @@ pub fn classify(statement: &Statement) -> Kind {
                 };
             }
             let alias = alias.as_ref().map(|a| &a.name);
-            Kind::Write(Write {
-                op: WriteOp::Update,
-                table: name_parts(name),
-                table_sql: name.to_string(),
-                refname: alias.map_or_else(|| last_part_sql(name), |a| a.to_string()),
-                has_returning: update.returning.is_some(),
-                assigned: assigned_columns(&update.assignments),
-                shadows_old_new: alias.is_some_and(is_old_new),
-            })
+            write_kind(
+                WriteOp::Update,
+                name,
+                alias,
+                update.returning.is_some(),
+                assigned_columns(&update.assignments),
+            )
         }
         Statement::Delete(delete) => {
             let from = match &delete.from {
@@ -362,15 +371,13 @@ pub fn classify(statement: &Statement) -> Kind {
                 };
             };
             let alias = alias.as_ref().map(|a| &a.name);
-            Kind::Write(Write {
-                op: WriteOp::Delete,
-                table: name_parts(name),
-                table_sql: name.to_string(),
-                refname: alias.map_or_else(|| last_part_sql(name), |a| a.to_string()),
-                has_returning: delete.returning.is_some(),
-                assigned: Vec::new(),
-                shadows_old_new: alias.is_some_and(is_old_new),
-            })
+            write_kind(
+                WriteOp::Delete,
+                name,
+                alias,
+                delete.returning.is_some(),
+                Vec::new(),
+            )
         }
         Statement::Query(q) => {
             if matches!(

@@ -591,12 +591,7 @@ async fn client_to_server(
             }
             r.writing_up = true;
         }
-        let bytes = if replaced.is_empty() {
-            chunk
-        } else {
-            assemble(&mut out, chunk, &frames, &replaced);
-            &out[..]
-        };
+        let bytes = outgoing(&mut out, chunk, &frames, &replaced);
         wr.write_all(bytes).await.map_err(SessionError::ServerIo)?;
         wr.flush().await.map_err(SessionError::ServerIo)?;
         buf.advance(end);
@@ -611,6 +606,10 @@ async fn client_to_server(
 /// The catalog snapshot for planning this chunk: the cached one, or a fresh read when a
 /// write in the chunk needs it and the cache is missing or stale.
 async fn snapshot_for(p: &mut Planner, chunk: &[u8], frames: &FrameIndex) -> Option<Arc<Snapshot>> {
+    // The usual case: the catalog is current and the frames need not be looked at.
+    if let Some(fresh) = p.catalog.fresh() {
+        return Some(fresh);
+    }
     let mut writes = false;
     for &(t, at, size) in frames {
         let Some(sql) = sql_of(t, &chunk[at..at + size]) else {
@@ -629,7 +628,7 @@ async fn snapshot_for(p: &mut Planner, chunk: &[u8], frames: &FrameIndex) -> Opt
 
 /// Fills `set_config('flux.request_id', $n, …)` values from the `Bind` (text, or the
 /// bytes of a binary text parameter); a portal gets its own copy of the plan.
-fn bind_request_params(prepared: &mut Prepared, bind: &Bytes) {
+fn bind_request_params(prepared: &mut Prepared, bind: &[u8]) {
     let Some(steps) = &prepared.steps else {
         return;
     };
@@ -648,7 +647,7 @@ fn bind_request_params(prepared: &mut Prepared, bind: &Bytes) {
                     set.value = message::bind_param(bind, n)
                         .ok()
                         .flatten()
-                        .and_then(|v| String::from_utf8(v).ok());
+                        .and_then(|v| String::from_utf8(v.to_vec()).ok());
                 }
             }
             step
@@ -659,23 +658,25 @@ fn bind_request_params(prepared: &mut Prepared, bind: &Bytes) {
 
 /// The SQL text of a `Query` or `Parse` frame, borrowed.
 fn sql_of(t: u8, frame: &[u8]) -> Option<&[u8]> {
-    let body = frame.get(crate::frame::HEADER_LEN..)?;
-    let body = match t {
-        tag::QUERY => body,
-        tag::PARSE => body.get(body.iter().position(|&b| b == 0)? + 1..)?,
-        _ => return None,
-    };
-    body.get(..body.iter().position(|&b| b == 0)?)
+    match t {
+        tag::QUERY => message::query_sql(frame).ok(),
+        tag::PARSE => message::parse_message(frame).ok().map(|(_, sql)| sql),
+        _ => None,
+    }
 }
 
-/// Copies `chunk` into `out` with the frames at the listed indices replaced (`None`
-/// drops the frame). Bytes outside indexed frames (streamed pieces) are kept as they are.
-fn assemble(
-    out: &mut BytesMut,
-    chunk: &[u8],
+/// The bytes to forward: the chunk as read, or, when frames were replaced, a copy in
+/// `out` with each listed frame replaced (`None` drops it). Bytes outside indexed frames
+/// (streamed pieces) are kept as they are.
+fn outgoing<'a>(
+    out: &'a mut BytesMut,
+    chunk: &'a [u8],
     frames: &FrameIndex,
     replaced: &[(usize, Option<Bytes>)],
-) {
+) -> &'a [u8] {
+    if replaced.is_empty() {
+        return chunk;
+    }
     out.clear();
     let mut pos = 0;
     for (i, replacement) in replaced {
@@ -689,6 +690,7 @@ fn assemble(
         pos = at + size;
     }
     out.extend_from_slice(chunk.get(pos..).unwrap_or_default());
+    &out[..]
 }
 
 /// The FIFO entry for a frontend message when capture is off: a match on the tag.
@@ -713,29 +715,30 @@ fn plan_frontend(
     p: &mut Planner,
     snapshot: Option<&Arc<Snapshot>>,
 ) -> (Option<Request>, Option<Bytes>) {
-    let frame = || Bytes::copy_from_slice(frame);
+    // Frames are decoded in place; only names and SQL text, which outlive the read
+    // buffer, are copied.
     match t {
         tag::QUERY => {
-            let sql = message::query_sql(&frame()).ok();
-            let (steps, rewritten) = match &sql {
+            let sql = message::query_sql(frame).ok();
+            let (steps, rewritten) = match sql {
                 Some(sql) => p.plan(sql, snapshot),
                 None => (None, None),
             };
-            let mut statement = Statement::new(sql, Some(Instant::now()));
+            let mut statement =
+                Statement::new(sql.map(Bytes::copy_from_slice), Some(Instant::now()));
             statement.steps = steps;
             let replacement = rewritten.map(|sql| message::query(&sql));
             (Some(Request::Query(statement)), replacement)
         }
         tag::PARSE => {
-            let f = frame();
             let mut replacement = None;
-            if let Ok((name, sql)) = message::parse_message(&f) {
-                let (steps, rewritten) = p.plan(&sql, snapshot);
-                replacement = rewritten.and_then(|text| message::parse_with_sql(&f, &text).ok());
+            if let Ok((name, sql)) = message::parse_message(frame) {
+                let (steps, rewritten) = p.plan(sql, snapshot);
+                replacement = rewritten.and_then(|text| message::parse_with_sql(frame, &text).ok());
                 p.names.statements.insert(
-                    name,
+                    Bytes::copy_from_slice(name),
                     Prepared {
-                        sql,
+                        sql: Bytes::copy_from_slice(sql),
                         steps,
                         binary: false,
                     },
@@ -744,37 +747,39 @@ fn plan_frontend(
             (Some(Request::Parse), replacement)
         }
         tag::BIND => {
-            let f = frame();
             let mut replacement = None;
-            if let Ok((portal, stmt)) = message::bind_names(&f) {
-                if let Some(mut prepared) = p.names.statements.get(&stmt).cloned() {
-                    bind_request_params(&mut prepared, &f);
+            if let Ok((portal, stmt)) = message::bind_names(frame) {
+                if let Some(mut prepared) = p.names.statements.get(stmt).cloned() {
+                    bind_request_params(&mut prepared, frame);
                     let captured = prepared
                         .steps
                         .as_ref()
                         .is_some_and(|s| s.iter().any(|s| s.capture.is_some()));
-                    if let (true, Ok((at, codes))) = (captured, message::bind_result_formats(&f)) {
+                    if let (true, Ok((at, codes))) = (captured, message::bind_result_formats(frame))
+                    {
                         // One code applies to every column, ours included (decoded either
                         // way); per-column codes need ours added, as text.
                         prepared.binary = codes.len() == 1 && codes.first() == Some(&1);
                         if codes.len() > 1 {
                             replacement = Some(message::bind_with_extra_formats(
-                                &f,
+                                frame,
                                 at,
                                 &codes,
                                 rewrite::CAPTURE_COLUMNS,
                             ));
                         }
                     }
-                    p.names.portals.insert(portal, prepared);
+                    p.names
+                        .portals
+                        .insert(Bytes::copy_from_slice(portal), prepared);
                 }
             }
             (Some(Request::Bind), replacement)
         }
         tag::EXECUTE => {
-            let prepared = message::execute_portal(&frame())
+            let prepared = message::execute_portal(frame)
                 .ok()
-                .and_then(|portal| p.names.portals.get(&portal).cloned());
+                .and_then(|portal| p.names.portals.get(portal).cloned());
             let mut statement = Statement::new(
                 prepared.as_ref().map(|x| x.sql.clone()),
                 Some(Instant::now()),
@@ -786,21 +791,21 @@ fn plan_frontend(
             (Some(Request::Execute(statement)), None)
         }
         tag::CLOSE => {
-            if let Ok((kind, name)) = message::target(&frame()) {
+            if let Ok((kind, name)) = message::target(frame) {
                 if kind == b'S' {
-                    p.names.statements.remove(&name);
+                    p.names.statements.remove(name);
                 } else {
-                    p.names.portals.remove(&name);
+                    p.names.portals.remove(name);
                 }
             }
             (Some(Request::Close), None)
         }
         tag::DESCRIBE => {
-            let plan = message::target(&frame()).ok().and_then(|(kind, name)| {
+            let plan = message::target(frame).ok().and_then(|(kind, name)| {
                 let prepared = if kind == b'S' {
-                    p.names.statements.get(&name)
+                    p.names.statements.get(name)
                 } else {
-                    p.names.portals.get(&name)
+                    p.names.portals.get(name)
                 }?;
                 prepared.steps.as_ref()?.first()?.capture.clone()
             });
@@ -873,17 +878,16 @@ async fn server_to_client(
                 };
                 if t == bt::ROW_DESCRIPTION || t == bt::DATA_ROW {
                     if let Some(replacement) =
-                        strip_capture(t, frame, &mut r.pipeline, capture, &mut events)
+                        strip_capture(t, frame, &r.pipeline, capture, &mut events)
                     {
                         replaced.push((i, replacement));
                     }
                 }
                 if let Some(done) = r.pipeline.on_backend(t, frame) {
-                    let request = done
-                        .statement
-                        .current()
-                        .and_then(|step| capture.tracker.request_for(step));
+                    let mut request = None;
                     if let Some(step) = done.statement.current() {
+                        // Resolved before the statement's own effect (a SET) applies.
+                        request = capture.tracker.request_for(step);
                         let tag = match (&done.error, &done.tag) {
                             (Some(_), _) => None,
                             (None, Some(tag)) => Some(String::from_utf8_lossy(tag)),
@@ -926,12 +930,7 @@ async fn server_to_client(
                 }
             }
         }
-        let bytes = if replaced.is_empty() {
-            chunk
-        } else {
-            assemble(&mut out, chunk, &frames, &replaced);
-            &out[..]
-        };
+        let bytes = outgoing(&mut out, chunk, &frames, &replaced);
         wr.write_all(bytes).await.map_err(SessionError::ClientIo)?;
         wr.flush().await.map_err(SessionError::ClientIo)?;
         buf.advance(end);
@@ -950,7 +949,7 @@ async fn server_to_client(
 fn strip_capture(
     t: u8,
     frame: &[u8],
-    pipeline: &mut Pipeline,
+    pipeline: &Pipeline,
     capture: &mut CaptureState,
     events: &mut Vec<CaptureEvent>,
 ) -> Option<Option<Bytes>> {
@@ -968,17 +967,20 @@ fn strip_capture(
         (Rewritten::Rows { statement, plan }, bt::DATA_ROW) => {
             let (kept, images) =
                 plan::split_data_row(frame, statement.binary, plan.keep_returning)?;
-            // The row's tableoid names the table actually written (a partition maps to
-            // its root); the planned name stands when the catalog does not know it.
-            let table = images
-                .oid
-                .and_then(|oid| {
-                    let snapshot = capture.catalog.cached()?;
-                    snapshot.root_of(oid).map(|t| t.display_name())
-                })
-                .unwrap_or_else(|| plan.table.clone());
+            // The row's tableoid names the table actually written. It is the planned one
+            // unless the row went to a partition (mapped to its root) or the name was
+            // resolved among same-named tables; the planned name stands when the catalog
+            // does not know the oid.
+            let table = match images.oid {
+                Some(oid) if oid != plan.oid => capture
+                    .catalog
+                    .cached()
+                    .and_then(|s| s.root_of(oid).map(|t| t.display_name())),
+                _ => None,
+            }
+            .unwrap_or_else(|| plan.table.clone());
             let step = statement.current()?;
-            events.push(capture.tracker.on_row(step, &plan, table, images));
+            events.push(capture.tracker.on_row(step, plan, table, images));
             Some(kept)
         }
         _ => None,

@@ -291,6 +291,7 @@ mod tests {
     fn write() -> (StepPlan, Arc<CapturePlan>) {
         let plan = Arc::new(CapturePlan {
             table: "users".into(),
+            oid: 10,
             pk: vec!["id".into()],
             op: WriteOp::Upsert,
             keep_returning: false,
