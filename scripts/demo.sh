@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# The demo: a temporary PostgreSQL cluster, `flux proxy` in front of it, a few
-# statements through the proxy, and the DATABASE_URL for your own app. Stays up until
-# Ctrl-C when run from a terminal (or with DEMO_HOLD=1); otherwise cleans up and exits.
+# The demo: a temporary PostgreSQL cluster, `flux proxy` in front of it (recording into a
+# RocksDB store and receiving OTLP traces), the example shop (examples/shop: Flask + the
+# OpenTelemetry SDK) and its fake payment server. It sends a few requests, one a checkout
+# whose payment call times out after writing, and prints what Flux answers about them:
+# flux tail, flux why, flux trace, flux trace diff, flux state history and blame.
+# Stays up until Ctrl-C when run from a terminal (or with DEMO_HOLD=1).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 source "$here/scripts/lib.sh"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/flux-target}
 PGBIN=$(pg_bin_dir)
+PY=$(ensure_example_venv)
+ensure_curl
 
 echo "==> building flux" >&2
 (cd "$here" && cargo build -q -p flux-cli)
@@ -14,14 +19,20 @@ FLUX="$CARGO_TARGET_DIR/debug/flux"
 
 work=$(mktemp -d /tmp/flux-demo.XXXXXX)
 run_as_pg chown_work "$work"
-flux_pid=
+pids=()
 cleanup() {
-  [ -n "$flux_pid" ] && kill "$flux_pid" 2>/dev/null && wait "$flux_pid" 2>/dev/null
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   as_pg "$PGBIN/pg_ctl" -D "$work/data" -m fast stop >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 0' INT TERM
+
+wait_for() { # FILE PATTERN WHAT
+  for _ in $(seq 200); do grep -q "$2" "$1" 2>/dev/null && return; sleep 0.1; done
+  echo "error: $3 did not start; its log:" >&2; cat "$1" >&2; exit 1
+}
 
 PG_PORT=$(free_port)
 echo "==> starting PostgreSQL ($("$PGBIN/postgres" --version | awk '{print $3}')) on 127.0.0.1:$PG_PORT" >&2
@@ -30,45 +41,67 @@ printf "listen_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\n" "$work
 as_pg "$PGBIN/pg_ctl" -D "$work/data" -l "$work/postgres.log" -o "-p $PG_PORT" -w start >/dev/null
 
 FLUX_PORT=$(free_port)
-echo "==> starting flux proxy on 127.0.0.1:$FLUX_PORT" >&2
+OTLP_PORT=$(free_port)
+DATA="$work/flux-data"
+echo "==> starting flux proxy on 127.0.0.1:$FLUX_PORT (OTLP on 127.0.0.1:$OTLP_PORT)" >&2
 "$FLUX" proxy --listen "127.0.0.1:$FLUX_PORT" --upstream "postgres://postgres@127.0.0.1:$PG_PORT/postgres" \
-  --data-dir "$work/flux-data" 2>"$work/flux.log" &
-flux_pid=$!
-for _ in $(seq 100); do grep -q "listening on" "$work/flux.log" && break; sleep 0.1; done
-grep -q "listening on" "$work/flux.log" || { cat "$work/flux.log" >&2; exit 1; }
+  --data-dir "$DATA" --otlp "127.0.0.1:$OTLP_PORT" 2>"$work/flux.log" &
+pids+=($!)
+wait_for "$work/flux.log" "listening on" "flux proxy"
+URL="postgresql://postgres@127.0.0.1:$FLUX_PORT/postgres"
+psql -X -q "$URL" -v ON_ERROR_STOP=1 -f "$here/examples/shop/schema.sql"
 
-URL="postgres://postgres@127.0.0.1:$FLUX_PORT/postgres"
-echo "==> four requests through the proxy (the fourth one's transaction rolls back)" >&2
-psql -X -q "$URL" -v ON_ERROR_STOP=1 <<'SQL'
-CREATE TABLE users (id int PRIMARY KEY, email text, name text, plan text NOT NULL DEFAULT 'free');
-INSERT INTO users (id, email) VALUES (42, 'a@b.com') /*traceparent='00-4f9a3b2c0d1e4f5a8b9c0d1e2f3a4b5c-00f067aa0ba902b7-01'*/;
-BEGIN;
-SET LOCAL flux.request_id = 'a3c91ef0-6d1b-4a53-9d3e-6f1f4f0e2a11';
-UPDATE users SET name = 'Alice Smith' WHERE id = 42;
-COMMIT;
-UPDATE users SET plan = 'pro' WHERE id = 42 /*request_id='c0ffee00-1111'*/;
-SQL
-psql -X -q "$URL" <<'SQL' 2>/dev/null || true
-BEGIN;
-SET LOCAL flux.request_id = '550e8400-e29b-41d4-a716-446655440000';
-UPDATE users SET plan = 'enterprise' WHERE id = 42;
-SELECT 1 / 0;
-COMMIT;
-SQL
-sleep 0.3 # the store writer batches; give it a moment
-echo "==> flux state history users --id 42" >&2
-"$FLUX" state history users --id 42 --data-dir "$work/flux-data"
-echo "==> flux state blame users --id 42" >&2
-"$FLUX" state blame users --id 42 --data-dir "$work/flux-data"
+PAY_PORT=$(free_port)
+APP_PORT=$(free_port)
+"$PY" "$here/examples/shop/payments.py" "$PAY_PORT" 2>"$work/payments.log" &
+pids+=($!)
+echo "==> starting the example shop on 127.0.0.1:$APP_PORT (DATABASE_URL -> flux proxy)" >&2
+DATABASE_URL="$URL" OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$OTLP_PORT" OTEL_BSP_SCHEDULE_DELAY=300 \
+  PAYMENT_URL="http://127.0.0.1:$PAY_PORT" PORT="$APP_PORT" "$PY" "$here/examples/shop/app.py" 2>"$work/app.log" &
+pids+=($!)
+wait_for "$work/app.log" "Running on" "the example shop"
+
+call() { # METHOD PATH [JSON]
+  local code
+  code=$(curl -s -o /dev/null -w '%{http_code}' -X "$1" "http://127.0.0.1:$APP_PORT$2" \
+    -H 'Content-Type: application/json' ${3:+--data "$3"})
+  printf '    %-5s %-22s -> %s\n' "$1" "$2" "$code" >&2
+}
+echo "==> requests" >&2
+call POST /users '{"id": 42, "email": "a@b.com"}'
+call POST /users '{"id": 7, "email": "c@d.com", "name": "Carol"}'
+call GET /users/42
+call POST /checkout '{"user_id": 7, "amount": 25}'
+call POST /checkout '{"user_id": 42, "amount": 5000}'  # the payment server stalls: 500
+
+# The SDK exports in batches; wait until all five requests' root spans are recorded.
+for _ in $(seq 100); do
+  n=$("$FLUX" tail --since 10m --no-follow --format json --data-dir "$DATA" |
+    "$PY" -c 'import json,sys; print(sum(1 for r in json.load(sys.stdin) if r["method"]))')
+  [ "$n" -ge 5 ] && break
+  sleep 0.2
+done
+failed=$("$FLUX" tail --since 10m --no-follow --errors-only --format json --data-dir "$DATA" |
+  "$PY" -c 'import json,sys; print(json.load(sys.stdin)[-1]["request"])')
+paid=$("$FLUX" tail --since 10m --no-follow --filter status=201 --filter path=/checkout --format json --data-dir "$DATA" |
+  "$PY" -c 'import json,sys; print(json.load(sys.stdin)[-1]["request"])')
+
+show() { echo; echo "\$ flux $*"; "$FLUX" "$@" --data-dir "$DATA"; }
+show tail --since 10m --no-follow
+show why "${failed:0:8}"
+show trace "${failed:0:8}"
+show trace diff "${paid:0:8}" "${failed:0:8}"
+show state history users --id 42
+show state blame users --id 42
 
 cat <<MSG
 
-  DATABASE_URL=$URL
-
-  Point your app at it; the proxy relays every session to the PostgreSQL above.
-  Proxy log: $work/flux.log
+  The shop:        http://127.0.0.1:$APP_PORT   (POST /checkout {"user_id": 42, "amount": 5000} fails)
+  DATABASE_URL:    $URL
+  OTLP endpoint:   http://127.0.0.1:$OTLP_PORT
+  Data dir:        $DATA   (flux tail --data-dir $DATA)
 MSG
 if [ -t 0 ] || [ "${DEMO_HOLD:-}" = 1 ]; then
-  echo "  Press Ctrl-C to stop." 
-  wait "$flux_pid"
+  echo "  Press Ctrl-C to stop."
+  wait "${pids[0]}"
 fi

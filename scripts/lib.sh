@@ -101,3 +101,30 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
     || echo $((20000 + RANDOM % 30000))
 }
+
+# The example shop's Python environment (examples/shop/requirements.txt: Flask and the
+# official OpenTelemetry SDK), created when missing. Prints its python. FLUX_EXAMPLE_VENV
+# overrides where it lives.
+ensure_example_venv() {
+  local venv=${FLUX_EXAMPLE_VENV:-/var/tmp/flux-example-venv}
+  local req
+  req="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/examples/shop/requirements.txt"
+  if [ -x "$venv/bin/python" ] && cmp -s "$req" "$venv/.requirements" 2>/dev/null; then
+    echo "$venv/bin/python"; return
+  fi
+  command -v python3 >/dev/null 2>&1 || apt_install python3
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    apt_install python3-venv
+  fi
+  echo "==> creating the example app's Python environment in $venv" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv" >&2
+  "$venv/bin/python" -m pip install -q -r "$req" >&2
+  cp "$req" "$venv/.requirements"
+  echo "$venv/bin/python"
+}
+
+# curl, which the demo uses to call the example app.
+ensure_curl() {
+  command -v curl >/dev/null 2>&1 || apt_install curl ca-certificates
+}

@@ -1,5 +1,5 @@
 //! `flux`: the command-line entry point. Parses arguments, wires the library crates
-//! together and renders; the logic lives in `flux-proxy` and `flux-store`.
+//! together and renders; the logic lives in `flux-proxy`, `flux-store` and `flux-ingest`.
 
 mod commands;
 mod sink;
@@ -28,8 +28,14 @@ enum Command {
     /// Row history and column blame from the record.
     #[command(subcommand)]
     State(commands::state::StateCommand),
-    /// Why a request failed: the failing statement, its data changes, a suggestion.
+    /// Requests as they are recorded: method, path, status, duration, request id, error.
+    Tail(commands::tail::TailArgs),
+    /// A request's span tree with durations and its statements, or `diff` of two requests.
+    Trace(commands::trace::TraceArgs),
+    /// Why a request failed: root cause, location, data changes, a suggestion.
     Why(commands::why::WhyArgs),
+    /// Load OTLP/JSON trace files (one export per line) into a data dir, offline.
+    Ingest(commands::ingest::IngestArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +46,9 @@ fn main() -> ExitCode {
         Command::Proxy(args) => commands::proxy::run(args),
         Command::State(command) => commands::state::run(command),
         Command::Why(args) => commands::why::run(args),
+        Command::Tail(args) => commands::tail::run(args),
+        Command::Trace(args) => commands::trace::run(args),
+        Command::Ingest(args) => commands::ingest::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

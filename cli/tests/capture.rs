@@ -594,7 +594,7 @@ async fn why_names_the_failing_statement_and_its_rolled_back_changes() {
         "{text}"
     );
     assert!(
-        text.contains("users.id=1  UPDATE plan: free → pro (rollback)"),
+        text.contains("users.id=1  UPDATE plan: free → pro  (rolled back)"),
         "{text}"
     );
     assert!(text.contains("SUGGESTION"), "{text}");

@@ -533,7 +533,12 @@ pub fn sqlcommenter_request_id(comment: &str) -> Option<String> {
         let Some((key, value)) = pair.trim().split_once('=') else {
             continue;
         };
-        let value = value.trim().strip_prefix('\'')?.strip_suffix('\'')?;
+        // Values are quoted per the spec, but some commenters (OpenTelemetry's Python
+        // dbapi) emit bare numbers: skip those pairs instead of giving up on the comment.
+        let value = value.trim();
+        let Some(value) = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) else {
+            continue;
+        };
         let value = percent_decode(value);
         match key.trim() {
             "traceparent" => {
@@ -549,6 +554,24 @@ pub fn sqlcommenter_request_id(comment: &str) -> Option<String> {
         }
     }
     request_id
+}
+
+/// The `traceparent` of a statement's trailing sqlcommenter comment, as (trace id, parent
+/// span id) in lowercase hex: the application span that issued the statement.
+pub fn sqlcommenter_traceparent(sql: &str) -> Option<(String, String)> {
+    let (_, comment) = split_trailing_comment(sql);
+    comment?.split(',').find_map(|pair| {
+        let (key, value) = pair.trim().split_once('=')?;
+        if key.trim() != "traceparent" {
+            return None;
+        }
+        let value = percent_decode(value.trim().strip_prefix('\'')?.strip_suffix('\'')?);
+        let mut parts = value.split('-');
+        let (_version, trace, span) = (parts.next()?, parts.next()?, parts.next()?);
+        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+        (hex(trace, 32) && hex(span, 16))
+            .then(|| (trace.to_ascii_lowercase(), span.to_ascii_lowercase()))
+    })
 }
 
 fn percent_decode(s: &str) -> String {
@@ -774,6 +797,28 @@ mod tests {
             Some("abc/1'x")
         );
         assert_eq!(sqlcommenter_request_id("route='/x'"), None);
+        // OpenTelemetry's Python dbapi commenter leaves numbers unquoted.
+        assert_eq!(
+            sqlcommenter_request_id(
+                "db_driver='psycopg2%3A2.9.13',dbapi_threadsafety=2,libpq_version=170011,traceparent='00-7b955f7cb81c62aba4e8984f594ed634-12ff9757afb2939b-03'"
+            )
+            .as_deref(),
+            Some("7b955f7cb81c62aba4e8984f594ed634")
+        );
+        assert_eq!(
+            sqlcommenter_traceparent(
+                "SELECT 1 /*db_driver='psycopg2',traceparent='00-4bf92f3577b34da6a3ce929d0e0e4736-00F067AA0BA902B7-01'*/"
+            ),
+            Some((
+                "4bf92f3577b34da6a3ce929d0e0e4736".to_string(),
+                "00f067aa0ba902b7".to_string()
+            ))
+        );
+        assert_eq!(
+            sqlcommenter_traceparent("SELECT 1 /*traceparent='00-zz-1-01'*/"),
+            None
+        );
+        assert_eq!(sqlcommenter_traceparent("SELECT 1"), None);
         let (body, comment) = split_trailing_comment("SELECT 1 /*request_id='a'*/ ;\n");
         assert_eq!(body, "SELECT 1 ");
         assert_eq!(comment, Some("request_id='a'"));

@@ -987,6 +987,27 @@ fn strip_capture(
     }
 }
 
+/// The wall-clock time of a monotonic instant, through an anchor pair refreshed every 10 s
+/// (so NTP adjustments are followed). Statements forwarded at one instant (a simple query's
+/// several statements) get one identical start, which keeps their order readable.
+fn wall_time(at: Instant) -> SystemTime {
+    static ANCHOR: Mutex<Option<(Instant, SystemTime)>> = Mutex::new(None);
+    let mut anchor = ANCHOR.lock().unwrap_or_else(|p| p.into_inner());
+    let (i, w) = match *anchor {
+        Some((i, w)) if i.elapsed() < Duration::from_secs(10) => (i, w),
+        _ => {
+            let fresh = (Instant::now(), SystemTime::now());
+            *anchor = Some(fresh);
+            fresh
+        }
+    };
+    if at >= i {
+        w + (at - i)
+    } else {
+        w - (i - at)
+    }
+}
+
 fn statement_event(session: SessionId, done: Completion, request: Option<String>) -> CaptureEvent {
     let elapsed = done
         .statement
@@ -1000,7 +1021,10 @@ fn statement_event(session: SessionId, done: Completion, request: Option<String>
     CaptureEvent::Statement {
         session,
         sql: String::from_utf8_lossy(statement_text(&done.statement)).into_owned(),
-        started: SystemTime::now() - elapsed,
+        started: done
+            .statement
+            .started
+            .map_or_else(SystemTime::now, wall_time),
         elapsed,
         tag: done.tag.map(|t| String::from_utf8_lossy(&t).into_owned()),
         sqlstate: error.as_ref().map(|e| e.code.clone()),

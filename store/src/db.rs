@@ -8,7 +8,10 @@
 //! | `mutations_by_request` | request, seq | key in `mutations` |
 //! | `tx` | boot, session, n, seq | [`TxRecord`] |
 //! | `gaps` | at, seq | [`Gap`] |
-//! | `requests`, `requests_by_time`, `spans`, `statements` | (request record; later) | |
+//! | `statements` | request, seq | [`StatementRecord`] |
+//! | `spans` | request, span id | [`Span`] (application spans, and the proxy's statement spans) |
+//! | `requests` | request | [`RequestSummary`], recomputed whenever a span of it arrives |
+//! | `requests_by_time` | start, request | the same summary, for `tail` and time windows |
 //!
 //! One process owns a data dir (the daemon, as primary); the CLI opens it as a RocksDB
 //! secondary, which reads a live store without taking its lock.
@@ -22,13 +25,18 @@ use rocksdb::{
 };
 
 use crate::keys;
-use crate::model::{Gap, Mutation, Nanos, Record, StatementRecord, TxEvent, TxId, TxRecord};
+use std::collections::BTreeMap;
+
+use crate::model::{
+    Gap, Mutation, Nanos, Record, RequestSummary, Span, StatementRecord, TxEvent, TxId, TxRecord,
+};
+use crate::trace::{self, Tree};
 
 /// One raw key/value pair as RocksDB returns it.
 type KeyValue = (Box<[u8]>, Box<[u8]>);
 
 /// The layout version this code reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 const META: &str = "meta";
 const MUTATIONS: &str = "mutations";
@@ -36,18 +44,24 @@ const MUTATIONS_BY_REQUEST: &str = "mutations_by_request";
 const TX: &str = "tx";
 const GAPS: &str = "gaps";
 const STATEMENTS: &str = "statements";
-/// Every column family, including those later issues fill (request record, spans).
+const SPANS: &str = "spans";
+const REQUESTS: &str = "requests";
+const REQUESTS_BY_TIME: &str = "requests_by_time";
+/// Every column family.
 const FAMILIES: [&str; 9] = [
     META,
-    "requests",
-    "requests_by_time",
-    "spans",
+    REQUESTS,
+    REQUESTS_BY_TIME,
+    SPANS,
     STATEMENTS,
     MUTATIONS,
     MUTATIONS_BY_REQUEST,
     TX,
     GAPS,
 ];
+
+/// Up to this many spans a request's summary is rebuilt from its whole tree on each write.
+const REBUILD_LIMIT: usize = 5_000;
 
 const KEY_SCHEMA_VERSION: &[u8] = b"schema_version";
 const KEY_NEXT_SEQ: &[u8] = b"next_seq";
@@ -244,6 +258,8 @@ impl Store {
         let _serial = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = WriteBatch::default();
         let mut seq = self.next_seq.load(Ordering::Relaxed);
+        // Spans of this batch by request, to recompute those requests' summaries.
+        let mut new_spans: BTreeMap<&str, Vec<Span>> = BTreeMap::new();
         for record in records {
             seq += 1;
             let value = postcard::to_stdvec(record).map_err(|_| self.corrupt("outgoing"))?;
@@ -274,8 +290,23 @@ impl Store {
                     keys::put_str(&mut key, st.request.as_bytes());
                     keys::put_u64(&mut key, seq);
                     batch.put_cf(self.cf(STATEMENTS), key, value);
+                    // The proxy's span for the statement; the id is unique in this store
+                    // and marked so it cannot be mistaken for an SDK's random id.
+                    let span = trace::statement_span(st, format!("f1{seq:014x}"));
+                    self.put_span(&mut batch, &span)?;
+                    new_spans.entry(st.request.as_str()).or_default().push(span);
+                }
+                Record::Span(span) => {
+                    self.put_span(&mut batch, span)?;
+                    new_spans
+                        .entry(span.trace.as_str())
+                        .or_default()
+                        .push(span.clone());
                 }
             }
+        }
+        for (request, spans) in new_spans {
+            self.put_summary(&mut batch, request, spans)?;
         }
         batch.put_cf(self.cf(META), KEY_NEXT_SEQ, seq.to_be_bytes());
         let mut wo = WriteOptions::default();
@@ -283,6 +314,117 @@ impl Store {
         self.db.write_opt(batch, &wo).map_err(|e| self.rocks(e))?;
         self.next_seq.store(seq, Ordering::Relaxed);
         Ok(())
+    }
+
+    fn put_span(&self, batch: &mut WriteBatch, span: &Span) -> Result<(), StoreError> {
+        let value = postcard::to_stdvec(&Record::Span(span.clone()))
+            .map_err(|_| self.corrupt("outgoing span"))?;
+        batch.put_cf(self.cf(SPANS), span_key(&span.trace, &span.id), value);
+        Ok(())
+    }
+
+    /// Recomputes a request's summary from its stored spans and this batch's, and moves its
+    /// time-index entry if its start changed (the root arrived after its children).
+    fn put_summary(
+        &self,
+        batch: &mut WriteBatch,
+        request: &str,
+        new: Vec<Span>,
+    ) -> Result<(), StoreError> {
+        let old = self.request(request)?;
+        let summary = match &old {
+            // A request id that tags a long batch job can gather millions of statements:
+            // past a bound, fold new spans in instead of rebuilding the tree each batch.
+            Some(old) if old.spans as usize >= REBUILD_LIMIT => trace::fold(old, &new),
+            _ => {
+                let mut spans = self.trace_spans(request)?;
+                spans.extend(new);
+                trace::summarize(request, &Tree::build(spans))
+            }
+        };
+        if old.as_ref() == Some(&summary) {
+            return Ok(());
+        }
+        if let Some(old) = old {
+            batch.delete_cf(self.cf(REQUESTS_BY_TIME), time_key(old.start, request));
+        }
+        let value = postcard::to_stdvec(&summary).map_err(|_| self.corrupt("outgoing request"))?;
+        batch.put_cf(
+            self.cf(REQUESTS_BY_TIME),
+            time_key(summary.start, request),
+            &value,
+        );
+        let mut key = Vec::new();
+        keys::put_str(&mut key, request.as_bytes());
+        batch.put_cf(self.cf(REQUESTS), key, value);
+        Ok(())
+    }
+
+    /// Every span of a request (application and proxy), unordered.
+    pub fn trace_spans(&self, request: &str) -> Result<Vec<Span>, StoreError> {
+        let mut prefix = Vec::new();
+        keys::put_str(&mut prefix, request.as_bytes());
+        let mut out = Vec::new();
+        for entry in self.scan(SPANS, &prefix, &prefix) {
+            let (_, v) = entry?;
+            match self.decode(&v, "span")? {
+                Record::Span(s) => out.push(s),
+                _ => return Err(self.corrupt("span")),
+            }
+        }
+        Ok(out)
+    }
+
+    /// A request's span tree.
+    pub fn trace(&self, request: &str) -> Result<Tree, StoreError> {
+        Ok(Tree::build(self.trace_spans(request)?))
+    }
+
+    /// A request's summary, if any span of it is recorded.
+    pub fn request(&self, request: &str) -> Result<Option<RequestSummary>, StoreError> {
+        let mut key = Vec::new();
+        keys::put_str(&mut key, request.as_bytes());
+        let v = self
+            .db
+            .get_cf(self.cf(REQUESTS), key)
+            .map_err(|e| self.rocks(e))?;
+        v.map(|v| self.decode(&v, "request")).transpose()
+    }
+
+    /// Requests that started in `[from, to)`, oldest first, at most `limit`.
+    pub fn requests_between(
+        &self,
+        from: Nanos,
+        to: Nanos,
+        limit: usize,
+    ) -> Result<Vec<RequestSummary>, StoreError> {
+        let mut start = Vec::new();
+        keys::put_u64(&mut start, from);
+        let mut out = Vec::new();
+        for entry in self.scan(REQUESTS_BY_TIME, &start, &[]) {
+            let (k, v) = entry?;
+            let at = keys::take_u64(&k).map(|(at, _)| at);
+            if at.is_none_or(|at| at >= to) || out.len() >= limit {
+                break;
+            }
+            out.push(self.decode(&v, "request")?);
+        }
+        Ok(out)
+    }
+
+    /// The `n` requests that started last, oldest first.
+    pub fn latest_requests(&self, n: usize) -> Result<Vec<RequestSummary>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self
+            .db
+            .iterator_cf(self.cf(REQUESTS_BY_TIME), IteratorMode::End)
+            .take(n)
+        {
+            let (_, v) = entry.map_err(|e| self.rocks(e))?;
+            out.push(self.decode(&v, "request")?);
+        }
+        out.reverse();
+        Ok(out)
     }
 
     /// Makes everything written so far durable.
@@ -362,7 +504,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Request ids with at least one recorded mutation or statement that start with
+    /// Request ids with at least one recorded mutation, statement or span that start with
     /// `prefix` (at most `limit`, sorted).
     pub fn requests_with_prefix(
         &self,
@@ -371,6 +513,7 @@ impl Store {
     ) -> Result<Vec<String>, StoreError> {
         let mut found = self.ids_with_prefix(MUTATIONS_BY_REQUEST, prefix, limit)?;
         found.extend(self.ids_with_prefix(STATEMENTS, prefix, limit)?);
+        found.extend(self.ids_with_prefix(REQUESTS, prefix, limit)?);
         found.sort();
         found.dedup();
         found.truncate(limit);
@@ -484,6 +627,20 @@ fn mutation_key(m: &Mutation, seq: u64) -> Vec<u8> {
     let mut key = row_prefix(&m.table, m.key.as_deref());
     keys::put_u64(&mut key, m.at);
     keys::put_u64(&mut key, seq);
+    key
+}
+
+fn span_key(request: &str, span: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(request.len() + span.len() + 4);
+    keys::put_str(&mut key, request.as_bytes());
+    keys::put_str(&mut key, span.as_bytes());
+    key
+}
+
+fn time_key(start: Nanos, request: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(request.len() + 10);
+    keys::put_u64(&mut key, start);
+    keys::put_str(&mut key, request.as_bytes());
     key
 }
 

@@ -6,6 +6,7 @@
 //! - [`db`]: the RocksDB layout, writing batches, reading as a live secondary.
 //! - [`writer`]: the batched writer thread behind a bounded channel, with durability modes.
 //! - [`query`]: row history, a request's changes, per-column blame.
+//! - [`trace`]: a request's span tree, its summary, root cause, location, and trace diffs.
 //!
 //! It knows nothing of the wire protocol: the daemon turns the proxy's capture events
 //! into these records.
@@ -14,12 +15,14 @@ pub mod db;
 pub mod keys;
 pub mod model;
 pub mod query;
+pub mod trace;
 pub mod why;
 pub mod writer;
 
 pub use db::{Store, StoreError, SCHEMA_VERSION};
 pub use model::{
-    Gap, Mutation, Nanos, Op, Outcome, Record, StatementRecord, TxEvent, TxId, TxRecord,
+    Gap, Mutation, Nanos, Op, Outcome, Record, RequestSummary, Span, SpanEvent, SpanKind,
+    SpanSource, StatementRecord, TxEvent, TxId, TxRecord,
 };
 pub use query::{blame, Blame, ColumnBlame, HistoryEntry};
 pub use writer::{Durability, WriteRejected, Writer, WriterConfig, WriterHandle};

@@ -123,6 +123,8 @@ pub enum Record {
     Gap(Gap),
     /// A statement a request ran (new variants go last: values are encoded by position).
     Statement(StatementRecord),
+    /// An application's span, from OTLP.
+    Span(Span),
 }
 
 /// A statement a tagged request ran, as the proxy saw it complete.
@@ -142,6 +144,127 @@ pub struct StatementRecord {
     pub sqlstate: Option<String>,
     /// The error's message, when it failed.
     pub error: Option<String>,
+    /// The application span that issued it (sqlcommenter `traceparent`'s parent id), when
+    /// known; the statement's own span is recorded under it.
+    pub parent_span: Option<String>,
+}
+
+/// What kind of work a span stands for (OTLP's `SpanKind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpanKind {
+    /// Not said.
+    Unspecified,
+    /// In-process work.
+    Internal,
+    /// Handling an incoming request (the request's root, usually).
+    Server,
+    /// An outgoing call (HTTP client, database).
+    Client,
+    /// Sending a message.
+    Producer,
+    /// Receiving a message.
+    Consumer,
+}
+
+/// Where a span came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpanSource {
+    /// The application's OpenTelemetry SDK, over OTLP.
+    App,
+    /// The proxy: one span per statement it relayed.
+    Proxy,
+}
+
+/// Something that happened during a span (OTLP span event), e.g. an exception.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpanEvent {
+    /// Event name (`exception`).
+    pub name: String,
+    /// When.
+    pub at: Nanos,
+    /// Attributes, values as text.
+    pub attributes: Vec<(String, String)>,
+}
+
+/// One span of a request's trace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    /// The request id: the W3C trace id (32 lowercase hex) for application spans; the
+    /// request id the statement was tagged with for the proxy's spans.
+    pub trace: String,
+    /// Span id (16 lowercase hex).
+    pub id: String,
+    /// The parent span's id; `None` for a root.
+    pub parent: Option<String>,
+    /// Name (`POST /checkout`, `payment.charge`, `db.insert(orders)`).
+    pub name: String,
+    /// Kind.
+    pub kind: SpanKind,
+    /// Start (ns since the epoch).
+    pub start: Nanos,
+    /// End (ns since the epoch).
+    pub end: Nanos,
+    /// Status `ERROR`, with its description; `None` for unset/ok.
+    pub error: Option<String>,
+    /// Attributes, values as text (arrays and maps as JSON).
+    pub attributes: Vec<(String, String)>,
+    /// Events.
+    pub events: Vec<SpanEvent>,
+    /// The resource's `service.name`.
+    pub service: Option<String>,
+    /// Application or proxy.
+    pub source: SpanSource,
+}
+
+impl Span {
+    /// An attribute's value.
+    pub fn attr(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first of several attribute names that is present (old and new semantic
+    /// convention names).
+    pub fn attr_any(&self, keys: &[&str]) -> Option<&str> {
+        keys.iter().find_map(|k| self.attr(k))
+    }
+
+    /// Duration in nanoseconds (0 if the clock went backwards).
+    pub fn duration(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+}
+
+/// A request as `flux tail` lists it, derived from its spans (kept up to date as spans
+/// arrive, in any order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestSummary {
+    /// The request id.
+    pub id: String,
+    /// HTTP method, when the app reported one.
+    pub method: Option<String>,
+    /// Route (`/users/{id}`) or else path, when reported.
+    pub path: Option<String>,
+    /// HTTP response status.
+    pub status: Option<u16>,
+    /// Start of the request (its root span, else its earliest span).
+    pub start: Nanos,
+    /// Duration (root span, else earliest start to latest end), ns.
+    pub duration: u64,
+    /// The root cause's one-line summary, if anything failed.
+    pub error: Option<String>,
+    /// The root span's service.
+    pub service: Option<String>,
+    /// The root span's name (or the first statement's span for DB-only requests).
+    pub name: String,
+    /// How many spans are recorded.
+    pub spans: u32,
+    /// Whether any span came from the application (otherwise it is DB-only).
+    pub app: bool,
 }
 
 /// What became of a mutation, resolved from its transaction's records.

@@ -1,19 +1,41 @@
-//! `flux why` from what the proxy recorded: the failing statement, the request's data
-//! changes with their fate, and a suggestion from deterministic rules over the error's
-//! SQLSTATE (say nothing rather than guess). Spans, when a later issue ingests them, add
-//! the application's own error and location on top of this.
+//! `flux why`: the root cause (the first failure in the span tree: the application's own
+//! exception, or a statement's SQLSTATE), where in the code it happened, the request's data
+//! changes with their fate, and a suggestion from deterministic rules over the error class
+//! (say nothing rather than guess).
 
 use serde::Serialize;
 
 use crate::db::{Store, StoreError};
-use crate::model::StatementRecord;
+use crate::model::{Nanos, RequestSummary, SpanSource, StatementRecord};
 use crate::query::HistoryEntry;
+use crate::trace::{failure_message, Location, Tree};
+
+/// The failure a request's trouble started with.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cause {
+    /// One line: the exception's type and message, or the statement's error.
+    pub message: String,
+    /// The span it happened in.
+    pub span: String,
+    /// When the span started.
+    pub at: Nanos,
+    /// SQLSTATE, when a statement failed.
+    pub sqlstate: Option<String>,
+    /// The statement, when a statement failed.
+    pub sql: Option<String>,
+}
 
 /// What a request did and why it failed, as far as the database saw.
 #[derive(Debug, Clone, Serialize)]
 pub struct Why {
     /// The request id.
     pub request: String,
+    /// The request as `flux tail` shows it, when spans are recorded.
+    pub summary: Option<RequestSummary>,
+    /// The root cause, if anything failed.
+    pub cause: Option<Cause>,
+    /// Where in the application's code, when its spans say.
+    pub location: Option<Location>,
     /// The first statement that failed, if any.
     pub failed: Option<StatementRecord>,
     /// Every row the request changed, with outcomes.
@@ -29,19 +51,71 @@ impl Store {
     pub fn why(&self, request: &str) -> Result<Why, StoreError> {
         let statements = self.request_statements(request)?;
         let failed = statements.iter().find(|s| s.sqlstate.is_some()).cloned();
-        let suggestion = failed.as_ref().and_then(|f| {
-            suggestion(
-                f.sqlstate.as_deref().unwrap_or_default(),
-                f.error.as_deref().unwrap_or_default(),
-            )
+        let tree = self.trace(request)?;
+        let root = tree.root_cause();
+        let location = root.and_then(|i| tree.location(i));
+        let cause = match root {
+            Some(i) => Some(span_cause(&tree, i)),
+            None => failed.as_ref().map(|f| Cause {
+                message: f.error.clone().unwrap_or_else(|| "error".into()),
+                span: crate::trace::statement_span_name(&f.sql),
+                at: f.at,
+                sqlstate: f.sqlstate.clone(),
+                sql: Some(f.sql.clone()),
+            }),
+        };
+        let suggestion = cause.as_ref().and_then(|c| match &c.sqlstate {
+            Some(code) => suggestion(code, &c.message),
+            None => app_suggestion(&c.message),
         });
         Ok(Why {
             request: request.to_string(),
+            summary: self.request(request)?,
+            cause,
+            location,
             failed,
             changes: self.request_history(request)?,
             suggestion,
             statements: statements.len(),
         })
+    }
+}
+
+fn span_cause(tree: &Tree, i: usize) -> Cause {
+    let span = &tree.nodes[i].span;
+    let proxy = span.source == SpanSource::Proxy;
+    let sqlstate = span.attr("db.sqlstate").map(str::to_string);
+    Cause {
+        message: failure_message(span),
+        span: span.name.clone(),
+        at: span.start,
+        sqlstate: sqlstate.filter(|_| proxy),
+        sql: span
+            .attr("db.statement")
+            .filter(|_| proxy)
+            .map(str::to_string),
+    }
+}
+
+/// Advice for an application error (exception type and message), by class: timeouts and
+/// connection failures. `None` otherwise.
+pub fn app_suggestion(message: &str) -> Option<&'static str> {
+    let m = message.to_ascii_lowercase();
+    let any = |words: &[&str]| words.iter().any(|w| m.contains(w));
+    if any(&["timeout", "timed out", "deadline exceeded", "etimedout"]) {
+        Some("set an explicit timeout on the call, below the request's own budget, and retry it with an idempotency key so a retry cannot apply twice; do the call before writing, or compensate")
+    } else if any(&[
+        "connection refused",
+        "connectionerror",
+        "connection reset",
+        "econnrefused",
+        "econnreset",
+        "remotedisconnected",
+        "broken pipe",
+    ]) {
+        Some("the remote service refused or dropped the connection: retry with backoff, and check that it is up and reachable")
+    } else {
+        None
     }
 }
 
@@ -91,5 +165,17 @@ mod tests {
         for code in ["22012", "42P01", "XX000", ""] {
             assert_eq!(suggestion(code, "whatever"), None, "{code}");
         }
+        for message in [
+            "requests.exceptions.ReadTimeout: Read timed out. (read timeout=2)",
+            "TimeoutError: operation timed out",
+            "Error: connect ECONNREFUSED 127.0.0.1:9",
+            "ConnectionError: Connection refused",
+        ] {
+            assert!(app_suggestion(message).is_some(), "{message}");
+        }
+        assert_eq!(
+            app_suggestion("ValueError: invalid literal for int()"),
+            None
+        );
     }
 }

@@ -196,6 +196,7 @@ fn history_resolves_outcomes_per_row() {
             tag: tag.map(str::to_string),
             sqlstate: tag.is_none().then(|| "22012".to_string()),
             error: tag.is_none().then(|| "division by zero".to_string()),
+            parent_span: None,
         })
     };
     store
@@ -442,4 +443,110 @@ fn a_store_of_another_schema_version_is_refused() {
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("opened a store of another version"),
     }
+}
+
+fn app_span(
+    trace: &str,
+    id: &str,
+    parent: Option<&str>,
+    name: &str,
+    start: u64,
+    end: u64,
+) -> Record {
+    Record::Span(flux_store::Span {
+        trace: trace.into(),
+        id: id.into(),
+        parent: parent.map(str::to_string),
+        name: name.into(),
+        kind: if parent.is_none() {
+            flux_store::SpanKind::Server
+        } else {
+            flux_store::SpanKind::Internal
+        },
+        start,
+        end,
+        error: None,
+        attributes: if parent.is_none() {
+            vec![
+                ("http.method".into(), "GET".into()),
+                ("http.target".into(), "/x?y=1".into()),
+                ("http.status_code".into(), "200".into()),
+            ]
+        } else {
+            vec![]
+        },
+        events: vec![],
+        service: Some("svc".into()),
+        source: flux_store::SpanSource::App,
+    })
+}
+
+/// Spans arriving over several writes, children first and the root last, keep one summary
+/// per request and one time-index entry at the root's start; statements become proxy spans.
+#[test]
+fn request_summaries_follow_spans_in_any_order() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(dir.path()).expect("open");
+    let t = "0af7651916cd43dd8448eb211c80319c";
+    store
+        .write(&[app_span(t, "b", Some("a"), "handler", 500, 900)], false)
+        .expect("write");
+    // Only a child so far: listed at the child's start, with no method yet.
+    let early = store.requests_between(0, u64::MAX, 10).expect("list");
+    assert_eq!(early.len(), 1);
+    assert_eq!((early[0].start, early[0].method.as_deref()), (500, None));
+    store
+        .write(
+            &[Record::Statement(StatementRecord {
+                request: t.into(),
+                at: 600,
+                duration: 50,
+                sql: "UPDATE users SET plan = 'pro' WHERE id = 1".into(),
+                tag: Some("UPDATE 1".into()),
+                sqlstate: None,
+                error: None,
+                parent_span: Some("b".into()),
+            })],
+            false,
+        )
+        .expect("write");
+    store
+        .write(&[app_span(t, "a", None, "GET /x", 100, 1000)], false)
+        .expect("write");
+    // The retry of the first export changes nothing.
+    store
+        .write(&[app_span(t, "b", Some("a"), "handler", 500, 900)], false)
+        .expect("write");
+    let all = store.requests_between(0, u64::MAX, 10).expect("list");
+    assert_eq!(all.len(), 1, "one entry per request: {all:?}");
+    let r = &all[0];
+    assert_eq!(r.start, 100);
+    assert_eq!(r.duration, 900);
+    assert_eq!(r.method.as_deref(), Some("GET"));
+    assert_eq!(r.path.as_deref(), Some("/x"));
+    assert_eq!(r.status, Some(200));
+    assert_eq!(r.spans, 3);
+    assert_eq!(store.latest_requests(5).expect("latest").len(), 1);
+    let tree = store.trace(t).expect("trace");
+    let walk: Vec<(String, usize)> = tree
+        .walk()
+        .into_iter()
+        .map(|(i, d)| (tree.nodes[i].span.name.clone(), d))
+        .collect();
+    assert_eq!(
+        walk,
+        vec![
+            ("GET /x".to_string(), 0),
+            ("handler".to_string(), 1),
+            ("db.update(users)".to_string(), 2)
+        ]
+    );
+    assert_eq!(
+        store.requests_with_prefix("0af7", 10).expect("prefix"),
+        vec![t.to_string()]
+    );
+    assert!(store
+        .requests_between(101, u64::MAX, 10)
+        .expect("list")
+        .is_empty());
 }

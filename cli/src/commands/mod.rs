@@ -1,5 +1,8 @@
 //! One module per `flux` subcommand.
 
+pub mod ingest;
 pub mod proxy;
 pub mod state;
+pub mod tail;
+pub mod trace;
 pub mod why;

@@ -11,7 +11,7 @@ use clap::Args;
 use flux_proxy::{EventSink, Proxy, ProxyConfig, Upstream};
 use flux_store::{Durability, Store, Writer, WriterConfig};
 
-use crate::sink::StoreSink;
+use crate::sink::{SpanWriter, StoreSink};
 use tokio_util::sync::CancellationToken;
 
 /// Arguments of `flux proxy`.
@@ -67,6 +67,12 @@ pub struct ProxyArgs {
     /// answered only after its records are fsynced.
     #[arg(long, env = "FLUX_DURABILITY", value_enum, default_value = "relaxed")]
     durability: DurabilityArg,
+
+    /// Also receive the application's OpenTelemetry traces over OTLP/HTTP on this address
+    /// (`POST /v1/traces`, protobuf or JSON, gzip), e.g. 127.0.0.1:4318; point the app's
+    /// OTEL_EXPORTER_OTLP_ENDPOINT at http://ADDR. Needs capture on.
+    #[arg(long, env = "FLUX_OTLP")]
+    otlp: Option<SocketAddr>,
 }
 
 /// on/off.
@@ -118,6 +124,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     };
     // The writer thread lives as long as this function; dropping it flushes and syncs.
     let mut writer = None;
+    let mut span_sink = None;
     let sink: Option<Arc<dyn EventSink>> = match &capture {
         None => None,
         Some(dir) => {
@@ -135,11 +142,15 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 },
             );
             let sink = Arc::new(StoreSink::new(w.handle(), durability));
+            span_sink = Some(Arc::new(SpanWriter::new(w.handle())));
             writer = Some(w);
             Some(sink)
         }
     };
 
+    if args.otlp.is_some() && span_sink.is_none() {
+        anyhow::bail!("--otlp needs capture on (a --data-dir to record the spans into)");
+    }
     let workers = args.workers.unwrap_or_else(default_workers);
     let mut runtime = if workers <= 1 {
         // No work-stealing wakeups between threads on every message: on small hosts
@@ -156,6 +167,26 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let upstream_addr = config.upstream.addr();
+        // The OTLP receiver is up before the proxy says it is listening.
+        let shutdown = CancellationToken::new();
+        let otlp = match (args.otlp, span_sink) {
+            (Some(otlp_addr), Some(spans)) => {
+                let listener = tokio::net::TcpListener::bind(otlp_addr)
+                    .await
+                    .with_context(|| format!("binding --otlp {otlp_addr}"))?;
+                tracing::info!(
+                    "receiving OTLP/HTTP traces on http://{}/v1/traces",
+                    listener.local_addr()?
+                );
+                let stop = shutdown.clone();
+                Some(tokio::spawn(flux_ingest::http::serve(
+                    listener,
+                    spans,
+                    async move { stop.cancelled().await },
+                )))
+            }
+            _ => None,
+        };
         let proxy = Proxy::bind(config, sink).await?;
         let addr = proxy.local_addr()?;
         tracing::info!(
@@ -164,7 +195,6 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
             capture = capture.is_some(),
             "listening on {addr}"
         );
-        let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -172,6 +202,13 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
             signals.cancel();
         });
         proxy.run(shutdown).await;
+        if let Some(otlp) = otlp {
+            match otlp.await {
+                Ok(Err(e)) => tracing::error!(error = %e, "the OTLP receiver failed"),
+                Err(e) => tracing::error!(error = %e, "the OTLP receiver panicked"),
+                Ok(Ok(())) => {}
+            }
+        }
         if let Some(w) = writer.take() {
             w.stop();
         }

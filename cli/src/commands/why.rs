@@ -1,14 +1,14 @@
-//! `flux why ID`: the root cause of a failed request, its data changes and their fate, and
-//! a suggestion — from what the proxy recorded (application spans come with OTLP ingest).
+//! `flux why ID`: the root cause of a failed request (the first failure in its span tree:
+//! the application's exception or a statement's SQLSTATE), where in the code, the rows it
+//! changed with their fate, and a suggestion from deterministic rules.
 
 use std::path::PathBuf;
 
 use clap::Args;
+use flux_store::Outcome;
 use serde_json::json;
 
-use super::state::{
-    change, entry_json, local, marker, one_line, open, resolve_request, short, Format,
-};
+use super::state::{change, entry_json, local, one_line, open, resolve_request, Format};
 
 /// `flux why`.
 #[derive(Debug, Args)]
@@ -25,28 +25,35 @@ pub struct WhyArgs {
     format: Format,
 }
 
+fn fate(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Committed => "",
+        Outcome::RolledBack => "  (rolled back)",
+        Outcome::Unknown => "  (outcome unknown)",
+        Outcome::Pending => "  (in progress)",
+    }
+}
+
 /// Runs `flux why`.
 pub fn run(args: WhyArgs) -> anyhow::Result<()> {
-    let store = open(&args.data_dir)?;
-    let id = resolve_request(&store, &args.request)?;
-    let why = store.why(&id)?;
-    let rolled_back = why
-        .changes
-        .iter()
-        .any(|e| e.outcome == flux_store::Outcome::RolledBack);
     if args.format == Format::Csv {
         anyhow::bail!("flux why has no CSV layout: use --format text or --format json");
     }
+    let store = open(&args.data_dir)?;
+    let id = resolve_request(&store, &args.request)?;
+    let why = store.why(&id)?;
     if args.format == Format::Json {
         let out = json!({
             "request": why.request,
-            "root_cause": why.failed.as_ref().map(|f| json!({
-                "message": f.error,
-                "sqlstate": f.sqlstate,
-                "sql": f.sql,
-                "at": local(f.at).to_rfc3339(),
+            "summary": why.summary,
+            "root_cause": why.cause.as_ref().map(|c| json!({
+                "message": c.message,
+                "span": c.span,
+                "sqlstate": c.sqlstate,
+                "sql": c.sql,
+                "at": local(c.at).to_rfc3339(),
             })),
-            "location": null,
+            "location": why.location,
             "data_changes": why.changes.iter().map(entry_json).collect::<Vec<_>>(),
             "suggestion": why.suggestion,
             "statements": why.statements,
@@ -54,23 +61,28 @@ pub fn run(args: WhyArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    let cause = match &why.failed {
-        Some(f) => format!(
-            "{} (SQLSTATE {}) in: {}",
-            f.error.as_deref().unwrap_or("error"),
-            f.sqlstate.as_deref().unwrap_or("?"),
-            one_line(&f.sql, 70)
-        ),
-        None if rolled_back => "no statement failed; the transaction was rolled back".into(),
+    let rolled_back = why.changes.iter().any(|e| e.outcome == Outcome::RolledBack);
+    let cause = match &why.cause {
+        Some(c) => match &c.sql {
+            Some(sql) => format!("{} in: {}", c.message, one_line(sql, 70)),
+            None => format!("{} (in {})", one_line(&c.message, 110), c.span),
+        },
+        None if rolled_back => "nothing failed; the transaction was rolled back".into(),
         None => "no failure recorded for this request".into(),
     };
     println!();
     println!("  {:<12} {cause}", "ROOT CAUSE");
-    println!(
-        "  {:<12} unknown (no application spans recorded for {})",
-        "LOCATION",
-        short(Some(&id))
-    );
+    let location = match &why.location {
+        Some(l) => match &l.function {
+            Some(f) => format!("{l}  (in {f})"),
+            None => l.to_string(),
+        },
+        None if why.summary.as_ref().is_some_and(|s| s.app) => {
+            "unknown (no code.filepath or application stack frame on the failing spans)".into()
+        }
+        None => "unknown (no application spans recorded for this request)".into(),
+    };
+    println!("  {:<12} {location}", "LOCATION");
     if why.changes.is_empty() {
         println!("  {:<12} none", "DATA CHANGES");
     }
@@ -89,7 +101,7 @@ pub fn run(args: WhyArgs) -> anyhow::Result<()> {
             "  {label:<12} {row}  {} {}{}  {}",
             m.op,
             change(m),
-            marker(e.outcome),
+            fate(e.outcome),
             local(m.at).format("%H:%M:%S")
         );
     }

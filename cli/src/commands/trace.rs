@@ -1,0 +1,336 @@
+//! `flux trace ID` (a request's span tree with durations, the failing span marked, its
+//! statements inline) and `flux trace diff A B` (two requests aligned span by span).
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use flux_store::trace::{diff, failure_message, is_failed, DiffRow, Tree, Verdict};
+use flux_store::{HistoryEntry, SpanSource, Store};
+use serde_json::{json, Value};
+
+use super::state::{change, entry_json, local, open, resolve_request, short, Format};
+
+/// `flux trace`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct TraceArgs {
+    /// The request id (or a unique prefix of 4+ characters; `req:` optional).
+    #[arg(required = true)]
+    request: Option<String>,
+
+    #[command(subcommand)]
+    command: Option<TraceCommand>,
+
+    #[command(flatten)]
+    common: Common,
+}
+
+/// `flux trace diff`.
+#[derive(Debug, Subcommand)]
+pub enum TraceCommand {
+    /// Two requests' spans aligned by their path in the tree, with a verdict per span, and
+    /// their data changes where they differ.
+    Diff {
+        /// The first request (before).
+        a: String,
+        /// The second request (after).
+        b: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+/// Where the record is and how to print.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// The data dir `flux proxy` records into.
+    #[arg(long, env = "FLUX_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Output format (text or json).
+    #[arg(long, value_enum, default_value = "text")]
+    format: Option<Format>,
+}
+
+impl Common {
+    fn resolve(&self, outer: &Common) -> anyhow::Result<(PathBuf, Format)> {
+        let dir = self.data_dir.clone().or_else(|| outer.data_dir.clone());
+        let Some(dir) = dir else {
+            anyhow::bail!("--data-dir (or FLUX_DATA_DIR) is required");
+        };
+        let format = self.format.or(outer.format).unwrap_or(Format::Text);
+        if format == Format::Csv {
+            anyhow::bail!("flux trace has no CSV layout: use --format text or --format json");
+        }
+        Ok((dir, format))
+    }
+}
+
+/// Runs `flux trace` or `flux trace diff`.
+pub fn run(args: TraceArgs) -> anyhow::Result<()> {
+    match (&args.command, &args.request) {
+        (Some(TraceCommand::Diff { a, b, common }), _) => {
+            let (dir, format) = common.resolve(&args.common)?;
+            run_diff(&open(&dir)?, a, b, format)
+        }
+        (None, Some(request)) => {
+            let (dir, format) = args.common.resolve(&args.common)?;
+            run_trace(&open(&dir)?, request, format)
+        }
+        (None, None) => anyhow::bail!("give a request id: flux trace ID"),
+    }
+}
+
+/// `12ms`, `0.4ms`, `3.2s`.
+pub(crate) fn duration(ns: u64) -> String {
+    let ms = ns as f64 / 1e6;
+    if ms < 1.0 {
+        format!("{ms:.1}ms")
+    } else if ms < 10_000.0 {
+        format!("{}ms", ms.round() as u64)
+    } else {
+        format!("{:.1}s", ms / 1000.0)
+    }
+}
+
+/// Tree-drawing prefixes (`├─ `, `│  └─ `) for each node of a walk.
+fn prefixes(tree: &Tree) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    fn visit(
+        tree: &Tree,
+        i: usize,
+        lead: &str,
+        last: bool,
+        top: bool,
+        out: &mut Vec<(usize, String)>,
+    ) {
+        let (me, next) = if top {
+            (String::new(), String::new())
+        } else if last {
+            (format!("{lead}└─ "), format!("{lead}   "))
+        } else {
+            (format!("{lead}├─ "), format!("{lead}│  "))
+        };
+        out.push((i, me));
+        let children = &tree.nodes[i].children;
+        for (k, &c) in children.iter().enumerate() {
+            visit(tree, c, &next, k + 1 == children.len(), false, out);
+        }
+    }
+    for &r in &tree.roots {
+        visit(tree, r, "", true, true, &mut out);
+    }
+    out
+}
+
+fn span_json(tree: &Tree, i: usize, depth: usize) -> Value {
+    let s = &tree.nodes[i].span;
+    json!({
+        "id": s.id,
+        "parent": s.parent,
+        "name": s.name,
+        "depth": depth,
+        "source": s.source,
+        "kind": s.kind,
+        "start": local(s.start).to_rfc3339(),
+        "start_ns": s.start,
+        "duration_ms": s.duration() as f64 / 1e6,
+        "error": is_failed(s).then(|| failure_message(s)),
+        "service": s.service,
+        "attributes": s.attributes.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
+    })
+}
+
+fn load(store: &Store, given: &str) -> anyhow::Result<(String, Tree)> {
+    let id = resolve_request(store, given)?;
+    let tree = store.trace(&id)?;
+    Ok((id, tree))
+}
+
+fn run_trace(store: &Store, given: &str, format: Format) -> anyhow::Result<()> {
+    let (id, tree) = load(store, given)?;
+    if format == Format::Json {
+        let out = json!({
+            "request": id,
+            "summary": store.request(&id)?,
+            "spans": tree.walk().into_iter().map(|(i, d)| span_json(&tree, i, d)).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!();
+    if tree.nodes.is_empty() {
+        println!("  no spans recorded for {}", short(Some(&id)));
+        println!();
+        return Ok(());
+    }
+    let rows = prefixes(&tree);
+    let label = |i: usize, p: &str| format!("{p}{}", tree.nodes[i].span.name);
+    let width = rows
+        .iter()
+        .map(|(i, p)| label(*i, p).chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(64);
+    let cause = tree.root_cause();
+    for (i, p) in &rows {
+        let s = &tree.nodes[*i].span;
+        let mut line = format!(
+            "  {:<width$} {:>7}",
+            truncate(&label(*i, p), width),
+            duration(s.duration())
+        );
+        if s.source == SpanSource::Proxy {
+            if let Some(rows) = s.attr("db.rows") {
+                line.push_str(&format!(
+                    "  {rows} row{}",
+                    if rows == "1" { "" } else { "s" }
+                ));
+            }
+        }
+        if Some(*i) == cause {
+            line.push_str(&format!("  ← {}", failure_message(s)));
+        } else if is_failed(s) {
+            line.push_str("  ✗");
+        }
+        println!("{line}");
+    }
+    println!();
+    Ok(())
+}
+
+fn truncate(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(width.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn verdict_text(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Same => "— same",
+        Verdict::Faster => "— faster",
+        Verdict::Slower => "— slower",
+        Verdict::Changed => "✗ changed",
+        Verdict::Missing => "✗ missing",
+        Verdict::New => "✗ new",
+    }
+}
+
+fn side(f: &Option<flux_store::trace::SpanFacts>) -> String {
+    match f {
+        None => "—".to_string(),
+        Some(f) => match &f.error {
+            Some(e)
+                if e.to_ascii_lowercase().contains("timeout")
+                    || e.to_ascii_lowercase().contains("timed out") =>
+            {
+                "→ timeout".to_string()
+            }
+            Some(_) => format!("{} ✗", duration(f.duration)),
+            None => duration(f.duration),
+        },
+    }
+}
+
+/// A change's identity and effect, to compare two requests' data changes.
+fn change_line(e: &HistoryEntry) -> String {
+    let m = &e.mutation;
+    let key = m
+        .key
+        .as_ref()
+        .map(|k| k.join(","))
+        .unwrap_or_else(|| "-".into());
+    let fate = match e.outcome {
+        flux_store::Outcome::RolledBack => "  (rolled back)",
+        flux_store::Outcome::Committed => "",
+        flux_store::Outcome::Unknown => "  (outcome unknown)",
+        flux_store::Outcome::Pending => "  (in progress)",
+    };
+    format!("{}.id={key} {} {}{fate}", m.table, m.op, change(m))
+}
+
+/// Changes only one side made (compared by table, key, op, effect and fate; the ids and
+/// times naturally differ).
+fn changes_differ(a: &[HistoryEntry], b: &[HistoryEntry]) -> (Vec<String>, Vec<String>) {
+    let la: Vec<String> = a.iter().map(change_line).collect();
+    let lb: Vec<String> = b.iter().map(change_line).collect();
+    let only_a = la.iter().filter(|l| !lb.contains(l)).cloned().collect();
+    let only_b = lb.iter().filter(|l| !la.contains(l)).cloned().collect();
+    (only_a, only_b)
+}
+
+fn run_diff(store: &Store, a: &str, b: &str, format: Format) -> anyhow::Result<()> {
+    let (ida, ta) = load(store, a)?;
+    let (idb, tb) = load(store, b)?;
+    let rows: Vec<DiffRow> = diff(&ta, &tb);
+    let ca = store.request_history(&ida)?;
+    let cb = store.request_history(&idb)?;
+    let (only_a, only_b) = changes_differ(&ca, &cb);
+    if format == Format::Json {
+        let out = json!({
+            "before": ida,
+            "after": idb,
+            "spans": rows,
+            "data_changes": {
+                "before": ca.iter().map(entry_json).collect::<Vec<_>>(),
+                "after": cb.iter().map(entry_json).collect::<Vec<_>>(),
+                "only_before": only_a,
+                "only_after": only_b,
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let names: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let lead = if r.depth == 0 {
+                String::new()
+            } else {
+                format!("{}├─ ", "   ".repeat(r.depth - 1))
+            };
+            format!("{lead}{}", r.name)
+        })
+        .collect();
+    let width = names
+        .iter()
+        .map(|n| n.chars().count())
+        .max()
+        .unwrap_or(4)
+        .clamp(4, 48);
+    println!();
+    println!(
+        "  {:<width$}  {:<12} {:<12}    {} → {}",
+        "SPAN",
+        "BEFORE",
+        "AFTER",
+        short(Some(&ida)),
+        short(Some(&idb))
+    );
+    println!("  {}", "─".repeat(width + 40));
+    for (r, name) in rows.iter().zip(&names) {
+        println!(
+            "  {:<width$}  {:<12} {:<12} {}",
+            truncate(name, width),
+            side(&r.before),
+            side(&r.after),
+            verdict_text(r.verdict)
+        );
+    }
+    if !only_a.is_empty() || !only_b.is_empty() {
+        println!();
+        println!("  DATA CHANGES that differ");
+        for l in &only_a {
+            println!("  - {} {l}", short(Some(&ida)));
+        }
+        for l in &only_b {
+            println!("  + {} {l}", short(Some(&idb)));
+        }
+    }
+    println!();
+    Ok(())
+}

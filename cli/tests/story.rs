@@ -1,0 +1,276 @@
+//! The demo's story end to end, with the real OpenTelemetry SDK: the example shop
+//! (examples/shop: Flask, the official Python SDK exporting OTLP/HTTP protobuf, psycopg2
+//! with sqlcommenter) talks to PostgreSQL through `flux proxy --otlp`; a checkout whose
+//! payment call times out after writing is then explained by `flux tail`, `flux why`,
+//! `flux trace` and `flux trace diff`, asserted on their JSON.
+//!
+//! Needs the example's Python environment: `FLUX_EXAMPLE_PYTHON`, else
+//! /var/tmp/flux-example-venv/bin/python (`./dev setup` creates it).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flux_integration_tests::pg::{free_port, Options, PgCluster, DB, PASSWORD, USER};
+use flux_integration_tests::process::start_proxy;
+use serde_json::Value;
+
+fn flux() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_flux"))
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn python() -> PathBuf {
+    let py = std::env::var_os("FLUX_EXAMPLE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/flux-example-venv/bin/python"));
+    assert!(
+        py.exists(),
+        "the example app's Python ({}) is missing: run ./dev setup, or set FLUX_EXAMPLE_PYTHON",
+        py.display()
+    );
+    py
+}
+
+fn shop() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop")
+}
+
+fn flux_json(data: &Path, args: &[&str]) -> Value {
+    let out = flux()
+        .args(args)
+        .args(["--format", "json", "--data-dir"])
+        .arg(data)
+        .output()
+        .expect("run flux");
+    assert!(
+        out.status.success(),
+        "flux {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// One HTTP request with curl-free std I/O; returns the status code.
+fn call(port: u16, method: &str, path: &str, body: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the shop");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn wait_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited early: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start listening on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_checkout_story_with_the_real_sdk() {
+    let py = python();
+    let pg = PgCluster::start(Options::default());
+    pg.admin_sql(&std::fs::read_to_string(shop().join("schema.sql")).expect("schema"));
+    let data = tempfile::tempdir().expect("tmp");
+    let (port, otlp, pay, app) = (free_port(), free_port(), free_port(), free_port());
+    let listen = format!("127.0.0.1:{port}");
+    let mut cmd = flux();
+    cmd.args(["proxy", "--listen", &listen, "--upstream", &pg.url()])
+        .args(["--otlp", &format!("127.0.0.1:{otlp}"), "--data-dir"])
+        .arg(data.path());
+    let _proxy = Running(start_proxy(&mut cmd, &listen));
+
+    let mut payments = Command::new(&py)
+        .arg(shop().join("payments.py"))
+        .arg(pay.to_string())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the payment server");
+    wait_port(pay, &mut payments, "the payment server");
+    let _payments = Running(payments);
+    let mut shop_app = Command::new(&py)
+        .arg(shop().join("app.py"))
+        .env(
+            "DATABASE_URL",
+            format!("postgresql://{USER}:{PASSWORD}@127.0.0.1:{port}/{DB}"),
+        )
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{otlp}"),
+        )
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .env("PAYMENT_URL", format!("http://127.0.0.1:{pay}"))
+        .env("PORT", app.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the shop");
+    wait_port(app, &mut shop_app, "the shop");
+    let _shop = Running(shop_app);
+
+    assert_eq!(
+        call(app, "POST", "/users", r#"{"id": 42, "email": "a@b.com"}"#),
+        201
+    );
+    assert_eq!(
+        call(app, "POST", "/users", r#"{"id": 7, "email": "c@d.com"}"#),
+        201
+    );
+    assert_eq!(call(app, "GET", "/users/42", ""), 200);
+    assert_eq!(
+        call(app, "POST", "/checkout", r#"{"user_id": 7, "amount": 25}"#),
+        201
+    );
+    assert_eq!(
+        call(
+            app,
+            "POST",
+            "/checkout",
+            r#"{"user_id": 42, "amount": 5000}"#
+        ),
+        500
+    );
+
+    // The SDK exports in batches: wait for the five root spans.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let tail = loop {
+        let tail = flux_json(data.path(), &["tail", "--since", "10m", "--no-follow"]);
+        let rooted = tail
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|r| !r["method"].is_null()).count());
+        if rooted >= 5 {
+            break tail;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {rooted} requests arrived: {tail:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let rows = tail.as_array().expect("array");
+    let find = |path: &str, status: u64| {
+        rows.iter()
+            .find(|r| r["path"] == path && r["status"] == status)
+            .unwrap_or_else(|| panic!("no {path} {status} in {tail:#}"))
+    };
+    let failed = find("/checkout", 500);
+    let paid = find("/checkout", 201);
+    find("/users", 201);
+    find("/users/<int:user_id>", 200);
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("timed out")),
+        "{failed:#}"
+    );
+    let failed_id = failed["request"].as_str().expect("id").to_string();
+    let paid_id = paid["request"].as_str().expect("id").to_string();
+    let errors = flux_json(
+        data.path(),
+        &["tail", "--since", "10m", "--no-follow", "--errors-only"],
+    );
+    assert_eq!(errors.as_array().map(Vec::len), Some(1), "{errors:#}");
+
+    // flux why: the payment timeout, the app frame that called it, both writes rolled back.
+    let why = flux_json(data.path(), &["why", &failed_id[..8]]);
+    let cause = why["root_cause"]["message"].as_str().unwrap_or("");
+    assert!(cause.contains("timed out"), "{why:#}");
+    let file = why["location"]["file"].as_str().unwrap_or("");
+    assert!(file.ends_with("examples/shop/app.py"), "{why:#}");
+    assert_eq!(why["location"]["function"], "charge", "{why:#}");
+    let changes = why["data_changes"].as_array().expect("changes");
+    let tables: Vec<(&str, &str, &str)> = changes
+        .iter()
+        .map(|c| {
+            (
+                c["table"].as_str().unwrap_or(""),
+                c["op"].as_str().unwrap_or(""),
+                c["outcome"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tables,
+        vec![
+            ("orders", "INSERT", "rolled_back"),
+            ("users", "UPDATE", "rolled_back")
+        ],
+        "{why:#}"
+    );
+    assert!(why["suggestion"]
+        .as_str()
+        .is_some_and(|s| s.contains("timeout")));
+
+    // flux trace: the proxy's statement spans sit under the app's spans.
+    let trace = flux_json(data.path(), &["trace", &failed_id]);
+    let spans = trace["spans"].as_array().expect("spans");
+    assert_eq!(spans[0]["depth"], 0);
+    assert_eq!(spans[0]["attributes"]["http.route"], "/checkout");
+    let by_name = |n: &str| spans.iter().find(|s| s["name"] == n);
+    let insert = by_name("db.insert(orders)").unwrap_or_else(|| panic!("{trace:#}"));
+    assert_eq!(insert["source"], "proxy");
+    let create = by_name("create_order").expect("create_order span");
+    assert!(
+        insert["depth"].as_u64() > create["depth"].as_u64(),
+        "{trace:#}"
+    );
+    let failing: Vec<&Value> = spans.iter().filter(|s| !s["error"].is_null()).collect();
+    assert!(!failing.is_empty());
+
+    // flux trace diff: the charge changed (it failed), the paid-only UPDATE is missing.
+    let diff = flux_json(data.path(), &["trace", "diff", &paid_id, &failed_id]);
+    let verdict = |suffix: &str| {
+        diff["spans"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r["path"].as_str().is_some_and(|p| p.ends_with(suffix)))
+            .map(|r| r["verdict"].as_str().unwrap_or("").to_string())
+    };
+    assert_eq!(
+        verdict("/payment.charge").as_deref(),
+        Some("changed"),
+        "{diff:#}"
+    );
+    assert!(!diff["data_changes"]["only_before"]
+        .as_array()
+        .expect("list")
+        .is_empty());
+
+    // And the rows: user 42's plan change is recorded as rolled back.
+    let history = flux_json(data.path(), &["state", "history", "users", "--id", "42"]);
+    let outcomes: Vec<&str> = history["mutations"]
+        .as_array()
+        .or(history.as_array())
+        .expect("mutations")
+        .iter()
+        .map(|m| m["outcome"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(outcomes, vec!["committed", "rolled_back"], "{history:#}");
+}

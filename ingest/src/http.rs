@@ -1,0 +1,116 @@
+//! The OTLP/HTTP receiver: `POST /v1/traces` with protobuf or JSON bodies, gzip or not, as
+//! every OpenTelemetry SDK's HTTP exporter sends them.
+//!
+//! Answers: 200 once the spans are written (so a success means stored); 400 with the
+//! reason for a payload that cannot be decoded (nothing of it is stored: the exporter must
+//! not retry it); 415 for other encodings; 503 when the store cannot take more right now
+//! (retryable, with `Retry-After`).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use flux_store::Span;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::Message;
+use tokio::net::TcpListener;
+
+use crate::otlp::{self, Encoding, MAX_PAYLOAD};
+
+/// Where decoded spans go. The daemon's sink hands them to the store writer.
+pub trait SpanSink: Send + Sync + 'static {
+    /// Stores spans; resolves once they are written, or fails when the store cannot take
+    /// them now.
+    fn accept(
+        &self,
+        spans: Vec<Span>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+}
+
+/// Serves OTLP/HTTP on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    sink: Arc<dyn SpanSink>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(sink))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The routes, for embedding or testing.
+pub fn router(sink: Arc<dyn SpanSink>) -> Router {
+    Router::new()
+        .route("/v1/traces", post(traces))
+        // Compressed bodies are bounded again after inflating (otlp::gunzip).
+        .layer(DefaultBodyLimit::max(MAX_PAYLOAD))
+        .with_state(sink)
+}
+
+async fn traces(
+    State(sink): State<Arc<dyn SpanSink>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let header_str = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    };
+    let content_type = header_str(header::CONTENT_TYPE);
+    let encoding = match content_type.split(';').next().unwrap_or("").trim() {
+        "application/x-protobuf" | "application/protobuf" => Encoding::Protobuf,
+        "application/json" => Encoding::Json,
+        other => {
+            return (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("unsupported content-type {other:?}: send application/x-protobuf or application/json\n"),
+            )
+                .into_response()
+        }
+    };
+    let gzip = match header_str(header::CONTENT_ENCODING).as_str() {
+        "" | "identity" => false,
+        "gzip" => true,
+        other => {
+            return (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("unsupported content-encoding {other:?}: send gzip or none\n"),
+            )
+                .into_response()
+        }
+    };
+    let spans = match otlp::decode(&body, encoding, gzip) {
+        Ok(spans) => spans,
+        Err(e) => {
+            tracing::warn!(error = %e, "refused an OTLP export");
+            return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
+        }
+    };
+    let count = spans.len();
+    if let Err(e) = sink.accept(spans).await {
+        tracing::warn!(error = %e, spans = count, "could not store an OTLP export; asked the exporter to retry");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            format!("{e}\n"),
+        )
+            .into_response();
+    }
+    tracing::debug!(spans = count, "stored an OTLP export");
+    match encoding {
+        Encoding::Protobuf => (
+            [(header::CONTENT_TYPE, "application/x-protobuf")],
+            ExportTraceServiceResponse::default().encode_to_vec(),
+        )
+            .into_response(),
+        Encoding::Json => ([(header::CONTENT_TYPE, "application/json")], "{}").into_response(),
+    }
+}
