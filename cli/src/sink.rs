@@ -263,6 +263,37 @@ impl EventSink for StoreSink {
     }
 }
 
+/// Hands the application's spans (from OTLP) to the store writer and answers once they
+/// are written, so the exporter's success means stored.
+pub struct SpanWriter {
+    writer: WriterHandle,
+}
+
+impl SpanWriter {
+    /// Spans go through `writer`.
+    pub fn new(writer: WriterHandle) -> Self {
+        SpanWriter { writer }
+    }
+}
+
+impl flux_ingest::http::SpanSink for SpanWriter {
+    fn accept(
+        &self,
+        spans: Vec<flux_store::Span>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
+        let records = spans.into_iter().map(Record::Span).collect();
+        let ack = self.writer.write_durable(records);
+        Box::pin(async move {
+            let ack = ack.map_err(|e| e.to_string())?;
+            match ack.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("writing spans: {e}")),
+                Err(_) => Err("the store writer has stopped".to_string()),
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,36 +364,5 @@ mod tests {
                 .len(),
             1
         );
-    }
-}
-
-/// Hands the application's spans (from OTLP) to the store writer and answers once they
-/// are written, so the exporter's success means stored.
-pub struct SpanWriter {
-    writer: WriterHandle,
-}
-
-impl SpanWriter {
-    /// Spans go through `writer`.
-    pub fn new(writer: WriterHandle) -> Self {
-        SpanWriter { writer }
-    }
-}
-
-impl flux_ingest::http::SpanSink for SpanWriter {
-    fn accept(
-        &self,
-        spans: Vec<flux_store::Span>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
-        let records = spans.into_iter().map(Record::Span).collect();
-        let ack = self.writer.write_durable(records);
-        Box::pin(async move {
-            let ack = ack.map_err(|e| e.to_string())?;
-            match ack.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(format!("writing spans: {e}")),
-                Err(_) => Err("the store writer has stopped".to_string()),
-            }
-        })
     }
 }

@@ -124,6 +124,10 @@ fn options() -> Options {
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    // Every CLI call opens the store as a secondary, which replays the WAL the writer has
+    // not flushed into tables yet; bounding the WAL keeps that replay (and so each
+    // command's start-up) short: past this size RocksDB flushes the oldest memtables.
+    opts.set_max_total_wal_size(16 << 20);
     opts
 }
 
@@ -425,6 +429,15 @@ impl Store {
         }
         out.reverse();
         Ok(out)
+    }
+
+    /// Moves everything written so far from memtables (and the WAL) into tables, so readers
+    /// opening the store do not replay it (after a bulk load such as `flux ingest`).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let cfs: Vec<&rocksdb::ColumnFamily> = FAMILIES.iter().map(|f| self.cf(f)).collect();
+        self.db
+            .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())
+            .map_err(|e| self.rocks(e))
     }
 
     /// Makes everything written so far durable.

@@ -54,7 +54,7 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
         }
         store.write(&batch, false)?;
     }
-    store.sync().context("syncing the store")?;
+    store.flush().context("flushing the store")?;
     tracing::info!(spans, files = args.files.len(), "ingested");
     if bad > 0 {
         anyhow::bail!("{bad} export line(s) could not be read (see above); the rest were stored");

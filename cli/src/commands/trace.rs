@@ -93,34 +93,46 @@ pub(crate) fn duration(ns: u64) -> String {
     }
 }
 
-/// Tree-drawing prefixes (`├─ `, `│  └─ `) for each node of a walk.
+/// Tree-drawing prefixes (`├─ `, `│  └─ `) for rows given in depth-first order by depth.
+pub(crate) fn tree_prefixes(depths: &[usize]) -> Vec<String> {
+    // A row is the last of its siblings when no later row at its depth comes before a
+    // shallower one.
+    let last: Vec<bool> = (0..depths.len())
+        .map(|i| {
+            let d = depths[i];
+            !depths[i + 1..]
+                .iter()
+                .take_while(|&&e| e >= d)
+                .any(|&e| e == d)
+        })
+        .collect();
+    let mut open: Vec<bool> = Vec::new(); // per level: does a later sibling follow?
+    depths
+        .iter()
+        .zip(&last)
+        .map(|(&d, &is_last)| {
+            open.truncate(d);
+            let mut p = String::new();
+            if d > 0 {
+                for &more in open.iter().skip(1) {
+                    p.push_str(if more { "│  " } else { "   " });
+                }
+                p.push_str(if is_last { "└─ " } else { "├─ " });
+            }
+            open.resize(d, false);
+            open.push(!is_last);
+            p
+        })
+        .collect()
+}
+
 fn prefixes(tree: &Tree) -> Vec<(usize, String)> {
-    let mut out = Vec::new();
-    fn visit(
-        tree: &Tree,
-        i: usize,
-        lead: &str,
-        last: bool,
-        top: bool,
-        out: &mut Vec<(usize, String)>,
-    ) {
-        let (me, next) = if top {
-            (String::new(), String::new())
-        } else if last {
-            (format!("{lead}└─ "), format!("{lead}   "))
-        } else {
-            (format!("{lead}├─ "), format!("{lead}│  "))
-        };
-        out.push((i, me));
-        let children = &tree.nodes[i].children;
-        for (k, &c) in children.iter().enumerate() {
-            visit(tree, c, &next, k + 1 == children.len(), false, out);
-        }
-    }
-    for &r in &tree.roots {
-        visit(tree, r, "", true, true, &mut out);
-    }
-    out
+    let walk = tree.walk();
+    let depths: Vec<usize> = walk.iter().map(|&(_, d)| d).collect();
+    walk.into_iter()
+        .map(|(i, _)| i)
+        .zip(tree_prefixes(&depths))
+        .collect()
 }
 
 fn span_json(tree: &Tree, i: usize, depth: usize) -> Value {
@@ -285,16 +297,11 @@ fn run_diff(store: &Store, a: &str, b: &str, format: Format) -> anyhow::Result<(
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
+    let depths: Vec<usize> = rows.iter().map(|r| r.depth).collect();
     let names: Vec<String> = rows
         .iter()
-        .map(|r| {
-            let lead = if r.depth == 0 {
-                String::new()
-            } else {
-                format!("{}├─ ", "   ".repeat(r.depth - 1))
-            };
-            format!("{lead}{}", r.name)
-        })
+        .zip(tree_prefixes(&depths))
+        .map(|(r, lead)| format!("{lead}{}", r.name))
         .collect();
     let width = names
         .iter()
@@ -333,4 +340,15 @@ fn run_diff(store: &Store, a: &str, b: &str, format: Format) -> anyhow::Result<(
     }
     println!();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_draw_the_tree() {
+        let got = tree_prefixes(&[0, 1, 2, 2, 1, 2, 0]);
+        assert_eq!(got, ["", "├─ ", "│  ├─ ", "│  └─ ", "└─ ", "   └─ ", ""]);
+    }
 }
