@@ -191,6 +191,55 @@ async fn failing_checkout_story_with_the_real_sdk() {
     );
     let failed_id = failed["request"].as_str().expect("id").to_string();
     let paid_id = paid["request"].as_str().expect("id").to_string();
+    // Following (the default): already-recorded requests first, one JSON object per line,
+    // then a request made while following, once its root span is in.
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_flux"))
+        .args([
+            "tail",
+            "--since",
+            "10m",
+            "--filter",
+            "path=/checkout",
+            "--format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run flux tail");
+    let stdout = follow.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut followed = Vec::new();
+    for round in 0..3 {
+        if round == 2 {
+            assert_eq!(
+                call(app, "POST", "/checkout", r#"{"user_id": 7, "amount": 30}"#),
+                201
+            );
+        }
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("flux tail printed only {followed:?}"));
+        followed.push(serde_json::from_str::<Value>(&line).expect("one JSON object per line"));
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(
+        followed.iter().all(|r| r["path"] == "/checkout"),
+        "{followed:?}"
+    );
+    let statuses: Vec<&Value> = followed.iter().map(|r| &r["status"]).collect();
+    assert_eq!(statuses, [201, 500, 201], "{followed:?}");
     let errors = flux_json(
         data.path(),
         &["tail", "--since", "10m", "--no-follow", "--errors-only"],

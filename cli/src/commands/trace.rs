@@ -47,8 +47,8 @@ pub struct Common {
     #[arg(long, env = "FLUX_DATA_DIR")]
     data_dir: Option<PathBuf>,
 
-    /// Output format (text or json).
-    #[arg(long, value_enum, default_value = "text")]
+    /// Output format: text (default) or json.
+    #[arg(long, value_enum)]
     format: Option<Format>,
 }
 
