@@ -4,7 +4,7 @@
 //! reading what was recorded.
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +12,9 @@ use flux_integration_tests::pg::{free_port, Options, PgCluster, DB, PASSWORD, US
 use flux_integration_tests::process::{signal, start_proxy, wait_exit};
 use serde_json::Value;
 
-fn flux() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_flux"))
-}
+mod common;
+
+use common::flux;
 
 struct Running {
     child: Child,
@@ -60,19 +60,10 @@ fn proxy(pg: &PgCluster, data: &Path, extra: &[&str]) -> Running {
 
 /// Runs `flux state …` and parses its JSON output.
 fn state_json(data: &Path, args: &[&str]) -> Value {
-    let out = flux()
-        .arg("state")
-        .args(args)
-        .args(["--format", "json", "--data-dir"])
-        .arg(data)
-        .output()
-        .expect("run flux state");
-    assert!(
-        out.status.success(),
-        "flux state {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json output")
+    let args: Vec<&str> = std::iter::once("state")
+        .chain(args.iter().copied())
+        .collect();
+    common::flux_json(data, &args)
 }
 
 fn state_text(data: &Path, args: &[&str]) -> String {

@@ -5,9 +5,10 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Child, Command};
 
+mod common;
+
+use common::{flux, flux_json, Running};
 use flux_integration_tests::pg::{free_port, Options, PgCluster, DB, PASSWORD, USER};
 use flux_integration_tests::process::start_proxy;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -15,25 +16,11 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{status, ResourceSpans, ScopeSpans, Span, Status};
 use prost::Message;
-use serde_json::Value;
 
 const TRACE: &str = "5b8efff798038103d269b633813fc60c";
 const ROOT: &str = "eee19b7ec3c1b174";
 const HANDLER: &str = "eee19b7ec3c1b175";
 const CHARGE: &str = "eee19b7ec3c1b176";
-
-fn flux() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_flux"))
-}
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn hex(s: &str) -> Vec<u8> {
     (0..s.len())
@@ -114,21 +101,6 @@ fn post(port: u16, content_type: &str, gzip: bool, body: &[u8]) -> (u16, String)
         .unwrap_or(0);
     let body = reply.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
     (code, body)
-}
-
-fn flux_json(data: &Path, args: &[&str]) -> Value {
-    let out = flux()
-        .args(args)
-        .args(["--format", "json", "--data-dir"])
-        .arg(data)
-        .output()
-        .expect("run flux");
-    assert!(
-        out.status.success(),
-        "flux {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json")
 }
 
 /// Spans of one request arriving in pieces, out of order, once twice, in both encodings,

@@ -11,22 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{flux, flux_json, Running};
 use flux_integration_tests::pg::{free_port, Options, PgCluster, DB, PASSWORD, USER};
 use flux_integration_tests::process::start_proxy;
 use serde_json::Value;
-
-fn flux() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_flux"))
-}
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn python() -> PathBuf {
     let py = std::env::var_os("FLUX_EXAMPLE_PYTHON")
@@ -42,21 +32,6 @@ fn python() -> PathBuf {
 
 fn shop() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop")
-}
-
-fn flux_json(data: &Path, args: &[&str]) -> Value {
-    let out = flux()
-        .args(args)
-        .args(["--format", "json", "--data-dir"])
-        .arg(data)
-        .output()
-        .expect("run flux");
-    assert!(
-        out.status.success(),
-        "flux {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json")
 }
 
 /// One HTTP request with curl-free std I/O; returns the status code.

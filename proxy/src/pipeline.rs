@@ -65,13 +65,34 @@ impl Request {
     }
 }
 
+/// When a statement was forwarded, on both clocks: the monotonic one for its duration, the
+/// wall clock for the record. Read together once, so the statements of one forwarded text
+/// share one start.
+#[derive(Debug, Clone, Copy)]
+pub struct Started {
+    /// Monotonic.
+    pub at: Instant,
+    /// Wall clock.
+    pub wall: std::time::SystemTime,
+}
+
+impl Started {
+    /// Now.
+    pub fn now() -> Self {
+        Started {
+            at: Instant::now(),
+            wall: std::time::SystemTime::now(),
+        }
+    }
+}
+
 /// What the proxy knows about a statement when it forwards it.
 #[derive(Debug, Clone)]
 pub struct Statement {
     /// SQL text, when the session tracks it (capture on).
     pub sql: Option<Bytes>,
     /// When the proxy forwarded it.
-    pub started: Option<Instant>,
+    pub started: Option<Started>,
     /// The session's plan for each statement of the text (capture on).
     pub steps: Option<Arc<[StepPlan]>>,
     /// Which of `steps` the server is answering now (a simple query runs several).
@@ -82,7 +103,7 @@ pub struct Statement {
 
 impl Statement {
     /// A statement known only by its text (or not even that).
-    pub fn new(sql: Option<Bytes>, started: Option<Instant>) -> Self {
+    pub fn new(sql: Option<Bytes>, started: Option<Started>) -> Self {
         Self {
             sql,
             started,

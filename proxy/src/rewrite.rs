@@ -525,28 +525,40 @@ fn set_config_call(tokens: &[TokenWithSpan]) -> Option<SetRequest> {
     })
 }
 
+/// The `key='value'` pairs of a sqlcommenter comment body, values URL-decoded. Values are
+/// quoted per the spec, but some commenters (OpenTelemetry's Python dbapi) emit bare
+/// numbers: those pairs are skipped rather than giving up on the comment.
+fn sqlcommenter_pairs(comment: &str) -> impl Iterator<Item = (&str, String)> {
+    comment.split(',').filter_map(|pair| {
+        let (key, value) = pair.trim().split_once('=')?;
+        let value = value.trim().strip_prefix('\'')?.strip_suffix('\'')?;
+        Some((key.trim(), percent_decode(value)))
+    })
+}
+
+/// A `traceparent` value's trace id and, when well-formed, its parent span id (lowercase).
+fn traceparent(value: &str) -> Option<(String, Option<String>)> {
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let mut parts = value.split('-');
+    let (_version, trace) = (parts.next()?, parts.next()?);
+    let span = parts.next().filter(|s| hex(s, 16));
+    hex(trace, 32).then(|| {
+        (
+            trace.to_ascii_lowercase(),
+            span.map(|s| s.to_ascii_lowercase()),
+        )
+    })
+}
+
 /// The request id in a sqlcommenter comment body (`key='value',…`, values URL-encoded):
 /// `traceparent`'s trace id, else `request_id`.
 pub fn sqlcommenter_request_id(comment: &str) -> Option<String> {
     let mut request_id = None;
-    for pair in comment.split(',') {
-        let Some((key, value)) = pair.trim().split_once('=') else {
-            continue;
-        };
-        // Values are quoted per the spec, but some commenters (OpenTelemetry's Python
-        // dbapi) emit bare numbers: skip those pairs instead of giving up on the comment.
-        let value = value.trim();
-        let Some(value) = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) else {
-            continue;
-        };
-        let value = percent_decode(value);
-        match key.trim() {
+    for (key, value) in sqlcommenter_pairs(comment) {
+        match key {
             "traceparent" => {
-                let mut parts = value.split('-');
-                if let (Some(_version), Some(trace)) = (parts.next(), parts.next()) {
-                    if trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        return Some(trace.to_ascii_lowercase());
-                    }
+                if let Some((trace, _)) = traceparent(&value) {
+                    return Some(trace);
                 }
             }
             "request_id" if !value.is_empty() => request_id = Some(value),
@@ -560,18 +572,12 @@ pub fn sqlcommenter_request_id(comment: &str) -> Option<String> {
 /// span id) in lowercase hex: the application span that issued the statement.
 pub fn sqlcommenter_traceparent(sql: &str) -> Option<(String, String)> {
     let (_, comment) = split_trailing_comment(sql);
-    comment?.split(',').find_map(|pair| {
-        let (key, value) = pair.trim().split_once('=')?;
-        if key.trim() != "traceparent" {
-            return None;
-        }
-        let value = percent_decode(value.trim().strip_prefix('\'')?.strip_suffix('\'')?);
-        let mut parts = value.split('-');
-        let (_version, trace, span) = (parts.next()?, parts.next()?, parts.next()?);
-        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-        (hex(trace, 32) && hex(span, 16))
-            .then(|| (trace.to_ascii_lowercase(), span.to_ascii_lowercase()))
-    })
+    sqlcommenter_pairs(comment?)
+        .filter(|(key, _)| *key == "traceparent")
+        .find_map(|(_, value)| match traceparent(&value)? {
+            (trace, Some(span)) => Some((trace, span)),
+            _ => None,
+        })
 }
 
 fn percent_decode(s: &str) -> String {

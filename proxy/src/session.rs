@@ -16,7 +16,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -26,7 +26,7 @@ use crate::capture::{CaptureEvent, SessionId, TxOutcome};
 use crate::catalog::{self, Catalog, Snapshot};
 use crate::frame::{FrameCursor, FrameError, Next};
 use crate::message::{self, backend_tag as bt, sqlstate, tag};
-use crate::pipeline::{Completion, Pipeline, Request, Rewritten, Statement};
+use crate::pipeline::{Completion, Pipeline, Request, Rewritten, Started, Statement};
 use crate::plan::{self, StepPlan};
 use crate::rewrite::{self, Analysis, Kind};
 use crate::server::{Shared, ShutdownSignal};
@@ -725,7 +725,7 @@ fn plan_frontend(
                 None => (None, None),
             };
             let mut statement =
-                Statement::new(sql.map(Bytes::copy_from_slice), Some(Instant::now()));
+                Statement::new(sql.map(Bytes::copy_from_slice), Some(Started::now()));
             statement.steps = steps;
             let replacement = rewritten.map(|sql| message::query(&sql));
             (Some(Request::Query(statement)), replacement)
@@ -782,7 +782,7 @@ fn plan_frontend(
                 .and_then(|portal| p.names.portals.get(portal).cloned());
             let mut statement = Statement::new(
                 prepared.as_ref().map(|x| x.sql.clone()),
-                Some(Instant::now()),
+                Some(Started::now()),
             );
             if let Some(x) = prepared {
                 statement.steps = x.steps;
@@ -987,32 +987,11 @@ fn strip_capture(
     }
 }
 
-/// The wall-clock time of a monotonic instant, through an anchor pair refreshed every 10 s
-/// (so NTP adjustments are followed). Statements forwarded at one instant (a simple query's
-/// several statements) get one identical start, which keeps their order readable.
-fn wall_time(at: Instant) -> SystemTime {
-    static ANCHOR: Mutex<Option<(Instant, SystemTime)>> = Mutex::new(None);
-    let mut anchor = ANCHOR.lock().unwrap_or_else(|p| p.into_inner());
-    let (i, w) = match *anchor {
-        Some((i, w)) if i.elapsed() < Duration::from_secs(10) => (i, w),
-        _ => {
-            let fresh = (Instant::now(), SystemTime::now());
-            *anchor = Some(fresh);
-            fresh
-        }
-    };
-    if at >= i {
-        w + (at - i)
-    } else {
-        w - (i - at)
-    }
-}
-
 fn statement_event(session: SessionId, done: Completion, request: Option<String>) -> CaptureEvent {
     let elapsed = done
         .statement
         .started
-        .map(|s| s.elapsed())
+        .map(|s| s.at.elapsed())
         .unwrap_or_default();
     let error = done
         .error
@@ -1024,7 +1003,7 @@ fn statement_event(session: SessionId, done: Completion, request: Option<String>
         started: done
             .statement
             .started
-            .map_or_else(SystemTime::now, wall_time),
+            .map_or_else(SystemTime::now, |s| s.wall),
         elapsed,
         tag: done.tag.map(|t| String::from_utf8_lossy(&t).into_owned()),
         sqlstate: error.as_ref().map(|e| e.code.clone()),

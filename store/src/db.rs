@@ -296,12 +296,17 @@ impl Store {
                     batch.put_cf(self.cf(STATEMENTS), key, value);
                     // The proxy's span for the statement; the id is unique in this store
                     // and marked so it cannot be mistaken for an SDK's random id.
-                    let span = trace::statement_span(st, format!("f1{seq:014x}"));
-                    self.put_span(&mut batch, &span)?;
-                    new_spans.entry(st.request.as_str()).or_default().push(span);
+                    let span = Record::Span(trace::statement_span(st, format!("f1{seq:014x}")));
+                    let encoded =
+                        postcard::to_stdvec(&span).map_err(|_| self.corrupt("outgoing span"))?;
+                    if let Record::Span(span) = span {
+                        batch.put_cf(self.cf(SPANS), span_key(&span.trace, &span.id), encoded);
+                        new_spans.entry(st.request.as_str()).or_default().push(span);
+                    }
                 }
                 Record::Span(span) => {
-                    self.put_span(&mut batch, span)?;
+                    // Stored as the writer received it: already encoded above.
+                    batch.put_cf(self.cf(SPANS), span_key(&span.trace, &span.id), value);
                     new_spans
                         .entry(span.trace.as_str())
                         .or_default()
@@ -317,13 +322,6 @@ impl Store {
         wo.set_sync(sync);
         self.db.write_opt(batch, &wo).map_err(|e| self.rocks(e))?;
         self.next_seq.store(seq, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn put_span(&self, batch: &mut WriteBatch, span: &Span) -> Result<(), StoreError> {
-        let value = postcard::to_stdvec(&Record::Span(span.clone()))
-            .map_err(|_| self.corrupt("outgoing span"))?;
-        batch.put_cf(self.cf(SPANS), span_key(&span.trace, &span.id), value);
         Ok(())
     }
 

@@ -18,6 +18,8 @@ pub struct Node {
     pub span: Span,
     /// Indexes of its children in [`Tree::nodes`], by start time.
     pub children: Vec<usize>,
+    /// Index of its parent as the tree holds it (`None` for roots).
+    pub parent: Option<usize>,
 }
 
 /// A request's spans arranged by parent.
@@ -82,10 +84,21 @@ impl Tree {
             roots.push(lost);
         }
         roots.sort_by_key(|&r| (Some(r) != main, r));
+        let mut parent = vec![None; spans.len()];
+        for (i, list) in children.iter().enumerate() {
+            for &c in list {
+                parent[c] = Some(i);
+            }
+        }
         let nodes = spans
             .into_iter()
             .zip(children)
-            .map(|(span, children)| Node { span, children })
+            .zip(parent)
+            .map(|((span, children), parent)| Node {
+                span,
+                children,
+                parent,
+            })
             .collect();
         Tree { nodes, roots }
     }
@@ -109,27 +122,15 @@ impl Tree {
         out
     }
 
-    /// The parent of each node (by index), as the tree holds it.
-    fn parents(&self) -> Vec<Option<usize>> {
-        let mut parent = vec![None; self.nodes.len()];
-        for (i, n) in self.nodes.iter().enumerate() {
-            for &c in &n.children {
-                parent[c] = Some(i);
-            }
-        }
-        parent
-    }
-
     /// The root cause: among failed spans, one none of whose descendants failed (the
     /// failure closest to its origin), earliest first.
     pub fn root_cause(&self) -> Option<usize> {
         let mut failed_below = vec![false; self.nodes.len()];
         // Children come after parents in the walk; go backwards to fold upwards.
         let walk = self.walk();
-        let parents = self.parents();
         for &(i, _) in walk.iter().rev() {
             if failed_below[i] || is_failed(&self.nodes[i].span) {
-                if let Some(p) = parents[i] {
+                if let Some(p) = self.nodes[i].parent {
                     failed_below[p] = true;
                 }
             }
@@ -144,10 +145,9 @@ impl Tree {
     /// or an ancestor, else the innermost application frame of a recorded exception's stack
     /// trace (its own, then its ancestors').
     pub fn location(&self, node: usize) -> Option<Location> {
-        let parents = self.parents();
         let mut chain = vec![node];
         let mut at = node;
-        while let Some(p) = parents[at] {
+        while let Some(p) = self.nodes[at].parent {
             if chain.contains(&p) {
                 break;
             }
@@ -718,9 +718,9 @@ fn merge_level(
             after,
             verdict: v,
         });
-        let a_children = ai.map(|i| a.nodes[i].children.clone()).unwrap_or_default();
-        let b_children = bi.map(|i| b.nodes[i].children.clone()).unwrap_or_default();
-        merge_level(a, &a_children, b, &b_children, &path, depth + 1, rows);
+        let a_children = ai.map_or(&[][..], |i| &a.nodes[i].children[..]);
+        let b_children = bi.map_or(&[][..], |i| &b.nodes[i].children[..]);
+        merge_level(a, a_children, b, b_children, &path, depth + 1, rows);
     };
     for (key, ai) in &ka {
         emit(key, Some(*ai), b_map.get(key.as_str()).copied(), rows);

@@ -12,7 +12,7 @@ use flux_store::trace::settled;
 use flux_store::{RequestSummary, Store};
 use serde_json::json;
 
-use super::state::{local, open, short, Format};
+use super::state::{local, one_line, open, short, Format};
 use super::trace::duration;
 use crate::sink::nanos;
 
@@ -306,18 +306,7 @@ fn print_text(r: &RequestSummary, with_time: bool) {
         short(Some(&r.id))
     );
     if let Some(e) = &r.error {
-        println!("  {}   └─ {}", " ".repeat(time.len()), one_line(e, 100));
-    }
-}
-
-fn one_line(s: &str, max: usize) -> String {
-    let flat: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() <= max {
-        flat
-    } else {
-        let mut t: String = flat.chars().take(max - 1).collect();
-        t.push('…');
-        t
+        println!("  {}   └─ {}", " ".repeat(time.len()), one_line(e, 99));
     }
 }
 

@@ -256,12 +256,7 @@ fn change_line(e: &HistoryEntry) -> String {
         .as_ref()
         .map(|k| k.join(","))
         .unwrap_or_else(|| "-".into());
-    let fate = match e.outcome {
-        flux_store::Outcome::RolledBack => "  (rolled back)",
-        flux_store::Outcome::Committed => "",
-        flux_store::Outcome::Unknown => "  (outcome unknown)",
-        flux_store::Outcome::Pending => "  (in progress)",
-    };
+    let fate = super::why::fate(e.outcome);
     format!("{}.id={key} {} {}{fate}", m.table, m.op, change(m))
 }
 

@@ -25,7 +25,8 @@ pub struct WhyArgs {
     format: Format,
 }
 
-fn fate(o: Outcome) -> &'static str {
+/// A change's fate as `flux why` and `flux trace diff` print it.
+pub(crate) fn fate(o: Outcome) -> &'static str {
     match o {
         Outcome::Committed => "",
         Outcome::RolledBack => "  (rolled back)",
