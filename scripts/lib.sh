@@ -128,3 +128,76 @@ ensure_example_venv() {
 ensure_curl() {
   command -v curl >/dev/null 2>&1 || apt_install curl ca-certificates
 }
+
+# PostgreSQL's regression suite for scripts/conformance.sh: src/test/regress and
+# contrib/spi of Debian's postgresql-15 source package (a deb-src twin of the apt
+# sources is added when missing), pg_regress from postgresql-server-dev-15, and the C
+# modules the suite loads (regress.so, refint.so, autoinc.so) built against the 15 and 18
+# server headers. Sets REGRESS_SRC, PG_REGRESS, REGRESS_LIB15, REGRESS_LIB18.
+# FLUX_REGRESS_DIR overrides where it is kept.
+ensure_regress_suite() {
+  local dir=${FLUX_REGRESS_DIR:-/var/tmp/flux-pg-src}
+  PG_REGRESS=/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress
+  local inc15=/usr/lib/postgresql/15/include/server
+  [ -d "$inc15" ] || inc15=/usr/include/postgresql/15/server
+  if [ ! -x "$PG_REGRESS" ] || [ ! -d "$inc15" ] || ! command -v gcc >/dev/null 2>&1 \
+    || ! command -v dpkg-source >/dev/null 2>&1; then
+    apt_install postgresql-server-dev-15 gcc make dpkg-dev bzip2
+  fi
+  [ -d "$inc15" ] || inc15=$(/usr/lib/postgresql/15/bin/pg_config --includedir-server)
+  REGRESS_SRC=$(ls -d "$dir"/postgresql-15.*/src/test/regress 2>/dev/null | sort -V | tail -n 1)
+  if [ -z "$REGRESS_SRC" ] || [ ! -f "$REGRESS_SRC/parallel_schedule" ]; then
+    if ! apt-cache showsrc postgresql-15 2>/dev/null | grep -q '^Version:'; then
+      local f
+      for f in /etc/apt/sources.list.d/*.sources; do
+        [ -f "$f" ] || continue
+        case $f in *flux-deb-src*) continue ;; esac
+        grep -q '^Types: deb$' "$f" || continue
+        sed 's/^Types: deb$/Types: deb-src/' "$f" | as_root tee "/etc/apt/sources.list.d/flux-deb-src-$(basename "$f")" >/dev/null
+      done
+      if [ -f /etc/apt/sources.list ] && grep -q '^deb ' /etc/apt/sources.list; then
+        grep '^deb ' /etc/apt/sources.list | sed 's/^deb /deb-src /' | as_root tee /etc/apt/sources.list.d/flux-deb-src.list >/dev/null
+      fi
+      echo "==> apt-get update (deb-src)" >&2
+      as_root apt-get update -qq
+    fi
+    # The server's own version when the mirror serves it, else the newest it serves.
+    local installed version
+    installed=$(dpkg-query -W -f '${Version}' postgresql-15 2>/dev/null || true)
+    version=$(apt-cache showsrc postgresql-15 | awk '/^Version:/ {print $2}' | grep -Fx "$installed" || true)
+    [ -n "$version" ] || version=$(apt-cache showsrc postgresql-15 | awk '/^Version:/ {print $2}' | sort -V | tail -n 1)
+    [ -n "$version" ] || { echo "error: no postgresql-15 source package on the apt mirror" >&2; return 1; }
+    echo "==> fetching PostgreSQL's regression suite (postgresql-15=$version source)" >&2
+    mkdir -p "$dir"
+    (cd "$dir" && apt-get source -qq --download-only "postgresql-15=$version" >/dev/null 2>&1)
+    local tarball upstream
+    tarball=$(ls "$dir"/postgresql-15_"${version%%-*}".orig.tar.* | head -n 1)
+    upstream="postgresql-${version%%-*}"
+    (cd "$dir" && tar xf "$tarball" "$upstream/src/test/regress" "$upstream/contrib/spi")
+    REGRESS_SRC="$dir/$upstream/src/test/regress"
+  fi
+  REGRESS_LIB15="$dir/lib15"
+  REGRESS_LIB18="$dir/lib18"
+  local spi="$REGRESS_SRC/../../../contrib/spi"
+  if [ ! -f "$REGRESS_LIB15/regress.so" ]; then
+    echo "==> building the suite's C modules for PostgreSQL 15" >&2
+    mkdir -p "$REGRESS_LIB15"
+    gcc -O1 -fPIC -shared -I"$inc15" "$REGRESS_SRC/regress.c" -o "$REGRESS_LIB15/regress.so"
+    gcc -O1 -fPIC -shared -I"$inc15" "$spi/refint.c" -o "$REGRESS_LIB15/refint.so"
+    gcc -O1 -fPIC -shared -I"$inc15" "$spi/autoinc.c" -o "$REGRESS_LIB15/autoinc.so"
+  fi
+  if [ ! -f "$REGRESS_LIB18/regress.so" ]; then
+    local pg18 inc18
+    pg18=$(ensure_pg18)
+    inc18=$("$pg18/pg_config" --includedir-server)
+    echo "==> building the suite's C modules for PostgreSQL 18" >&2
+    mkdir -p "$REGRESS_LIB18"
+    # The 15 source against 18's headers: two includes it no longer gets indirectly, and
+    # the semaphore-emulation constants 18 dropped (only a self-test uses them).
+    gcc -O1 -fPIC -shared -I"$inc18" -include postgres.h -include utils/array.h \
+      -DNUM_SPINLOCK_SEMAPHORES=0 -DNUM_ATOMICS_SEMAPHORES=0 \
+      "$REGRESS_SRC/regress.c" -o "$REGRESS_LIB18/regress.so"
+    cp "$(dirname "$pg18")/lib/refint.so" "$(dirname "$pg18")/lib/autoinc.so" "$REGRESS_LIB18/"
+  fi
+  chmod -R a+rX "$dir"
+}

@@ -27,12 +27,42 @@ pub fn nanos(t: SystemTime) -> Nanos {
         .unwrap_or(0)
 }
 
-/// Writes were lost between `since` and `until`.
+/// Records were lost between `since` and `until`: counted by table (where the record
+/// names one) and kind.
 #[derive(Default)]
 struct Lost {
     since: Nanos,
     until: Nanos,
-    by_table: BTreeMap<Option<String>, u64>,
+    by_table: BTreeMap<(Option<String>, LostKind), u64>,
+}
+
+/// What kind of record was lost; each says what the history misses without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum LostKind {
+    Mutation,
+    Outcome,
+    Gap,
+    Statement,
+}
+
+impl LostKind {
+    fn of(r: &Record) -> (Option<String>, LostKind) {
+        match r {
+            Record::Mutation(m) => (Some(m.table.clone()), LostKind::Mutation),
+            Record::Tx(_) => (None, LostKind::Outcome),
+            Record::Gap(g) => (g.table.clone(), LostKind::Gap),
+            Record::Statement(_) => (None, LostKind::Statement),
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            LostKind::Mutation => "the store lagged or failed; these writes were not recorded",
+            LostKind::Outcome => "the store lagged or failed; transaction outcomes were not recorded, so rows written then may show as in progress",
+            LostKind::Gap => "the store lagged or failed; notes about writes that were not captured were lost too",
+            LostKind::Statement => "the store lagged or failed; statements of requests were not recorded",
+        }
+    }
 }
 
 /// The store-backed [`EventSink`].
@@ -43,7 +73,7 @@ pub struct StoreSink {
     lost: Mutex<Option<Lost>>,
     /// `lost` holds records not yet written as gaps (checked on every send without the lock).
     lagging: AtomicBool,
-    /// Writes lost to a lagging or failed store since start.
+    /// Records (of every kind) lost to a lagging or failed store since start.
     pub dropped: AtomicU64,
 }
 
@@ -108,7 +138,7 @@ impl StoreSink {
                 until: nanos(at),
                 table,
                 count,
-                reason,
+                reason: reason.to_string(),
                 request,
             }),
             CaptureEvent::Statement {
@@ -166,10 +196,8 @@ impl StoreSink {
         });
         l.until = now;
         for r in records {
-            if let Record::Mutation(m) = r {
-                *l.by_table.entry(Some(m.table.clone())).or_default() += 1;
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+            *l.by_table.entry(LostKind::of(r)).or_default() += 1;
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
         if first {
             tracing::warn!("the store is not keeping up: capture records are being dropped (gaps will say where)");
@@ -186,13 +214,13 @@ impl StoreSink {
         let gaps: Vec<Record> = l
             .by_table
             .iter()
-            .map(|(table, count)| {
+            .map(|((table, kind), count)| {
                 Record::Gap(Gap {
                     at: l.since,
                     until: l.until,
                     table: table.clone(),
                     count: *count,
-                    reason: "the store lagged or failed; these writes were not recorded".into(),
+                    reason: kind.reason().into(),
                     request: None,
                 })
             })
@@ -341,7 +369,37 @@ mod tests {
         assert!(waited.elapsed() < DURABLE_WAIT);
         let lost = sink.lost.lock().expect("lock");
         let l = lost.as_ref().expect("losses tracked");
-        assert_eq!(l.by_table.get(&Some("users".to_string())), Some(&100));
+        assert_eq!(
+            l.by_table
+                .get(&(Some("users".to_string()), LostKind::Mutation)),
+            Some(&100)
+        );
+    }
+
+    #[test]
+    fn a_lost_transaction_end_is_a_gap_too() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        let writer = Writer::start(store.clone(), WriterConfig::default());
+        let sink = StoreSink::new(writer.handle(), Durability::Relaxed);
+        sink.emit(mutation(1));
+        let end = CaptureEvent::TxEnded {
+            session: 1,
+            tx: 1,
+            at: SystemTime::now(),
+            outcome: TxOutcome::Committed,
+        };
+        sink.count_lost(&[sink.record(end).expect("record")]);
+        sink.emit(mutation(2));
+        writer.stop();
+        assert_eq!(sink.dropped.load(Ordering::Relaxed), 1);
+        let gaps = store.gaps(0, u64::MAX, Some("users")).expect("gaps");
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert!(gaps[0].reason.contains("in progress"), "{}", gaps[0].reason);
+        assert_eq!(
+            gaps[0].table, None,
+            "an outcome names no table: shown for every one"
+        );
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub enum CaptureEvent {
         /// How many rows the statement reported (0 when unknown).
         count: u64,
         /// Why.
-        reason: String,
+        reason: GapReason,
         /// The request that made them.
         request: Option<String>,
     },
@@ -159,5 +159,103 @@ pub trait EventSink: Send + Sync + 'static {
     /// default) when durability is relaxed.
     fn durable(&self) -> Option<Durable> {
         None
+    }
+}
+
+/// Why capture left a write alone (or imaged it only in part). The store keeps the
+/// sentence [`Display`](std::fmt::Display) gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GapReason {
+    /// A statement form the proxy does not image (`TRUNCATE`, `COPY FROM`, `MERGE`, …).
+    Statement(&'static str),
+    /// `sqlparser` did not understand the statement.
+    NotUnderstood,
+    /// Another statement of the same query string was not understood, so none is rewritten
+    /// (the split between them may not be the server's).
+    StringNotUnderstood,
+    /// `DO` or `CALL`: writes inside a routine are invisible to `RETURNING`.
+    Routine(&'static str),
+    /// `EXECUTE` of a write prepared with SQL `PREPARE`.
+    Prepared(String),
+    /// `pg_catalog` could not be read.
+    CatalogUnreadable(String),
+    /// The table is not in the catalog snapshot.
+    TableNotFound,
+    /// An unqualified name found in several schemas whose tables capture treats differently.
+    Ambiguous,
+    /// What the table is keeps capture away (a view, rules, a foreign table, …).
+    Relation(&'static str),
+    /// Row-level security applies SELECT policies to returned rows.
+    RowSecurity,
+    /// A role the statement may run as lacks table-level SELECT.
+    NoSelect(String),
+    /// The session's role is not known (set from a value only the server knows).
+    RoleUnknown,
+    /// DDL ran earlier in the transaction or pipeline: the catalog is not settled.
+    CatalogUnsettled,
+    /// Imaged, but without a before image, for this reason.
+    NoBeforeImage(&'static str),
+    /// Rows written by triggers on the table.
+    Triggers {
+        /// The table.
+        table: String,
+        /// Its trigger names, comma-separated.
+        names: String,
+    },
+    /// Rows changed by a foreign key's ON DELETE/UPDATE action.
+    Cascade {
+        /// The referenced table the write touched.
+        parent: String,
+    },
+}
+
+impl GapReason {
+    /// The write was recorded, only its before image is missing.
+    pub fn partial(&self) -> bool {
+        matches!(self, GapReason::NoBeforeImage(_))
+    }
+}
+
+impl std::fmt::Display for GapReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GapReason::Statement(what) => f.write_str(what),
+            GapReason::NotUnderstood => {
+                f.write_str("statement not understood by the proxy's SQL parser")
+            }
+            GapReason::StringNotUnderstood => f.write_str(
+                "another statement in the same query string was not understood by the proxy's SQL parser",
+            ),
+            GapReason::Routine(what) => write!(f, "writes inside {what} are not captured"),
+            GapReason::Prepared(name) => {
+                write!(f, "EXECUTE of the SQL-prepared write {name} is not captured")
+            }
+            GapReason::CatalogUnreadable(why) => write!(f, "pg_catalog unreadable: {why}"),
+            GapReason::TableNotFound => f.write_str("table not found in pg_catalog"),
+            GapReason::Ambiguous => f.write_str(
+                "table name found in several schemas that capture treats differently; search_path decides",
+            ),
+            GapReason::Relation(what) => f.write_str(what),
+            GapReason::RowSecurity => f.write_str("row-level security is enabled on the table"),
+            GapReason::NoSelect(role) => write!(
+                f,
+                "role {role} lacks SELECT on the table (capture reads rows back with RETURNING)"
+            ),
+            GapReason::RoleUnknown => f.write_str(
+                "the session's role was set to a value the proxy cannot see (computed set_config, DO block)",
+            ),
+            GapReason::CatalogUnsettled => f.write_str(
+                "DDL earlier in this transaction or pipeline: pg_catalog not settled",
+            ),
+            GapReason::NoBeforeImage(why) => write!(f, "{why}: before image unavailable"),
+            GapReason::Triggers { table, names } => write!(
+                f,
+                "rows written by triggers on {table} ({names}) are not captured"
+            ),
+            GapReason::Cascade { parent } => write!(
+                f,
+                "rows may have changed through the ON DELETE/UPDATE action of a foreign key to {parent}"
+            ),
+        }
     }
 }

@@ -32,8 +32,11 @@ pub struct TableInfo {
     pub pk: Vec<String>,
     /// Row-level security is enabled.
     pub rls: bool,
-    /// The session's role has SELECT on it.
+    /// The login role has SELECT on it (other roles: [`Snapshot::can_select`]).
     pub can_select: bool,
+    /// Why capture must leave writes to it alone, whatever the role: a view, a foreign
+    /// table, rules, a foreign partition or child. `None` for a plain or partitioned table.
+    pub refusal: Option<&'static str>,
     /// The partition tree's root (the table itself when not a partition).
     pub root: u32,
     /// Its user triggers, comma-separated (rows they write are invisible to `RETURNING`).
@@ -63,15 +66,21 @@ pub fn display_name(schema: &str, name: &str) -> String {
 pub struct Snapshot {
     /// `server_version_num` (e.g. 150012, 180006).
     pub server_version: i32,
+    /// The role the snapshot's `can_select` was read for (the login role).
+    pub login: String,
     by_oid: HashMap<u32, Arc<TableInfo>>,
     by_name: HashMap<String, Vec<Arc<TableInfo>>>,
+    /// Tables each other role (after `SET ROLE`) may SELECT, read on demand for this
+    /// snapshot; `None` when the role does not exist.
+    access: RwLock<HashMap<String, Option<Arc<std::collections::HashSet<u32>>>>>,
 }
 
 /// The result of resolving a table name.
 #[derive(Debug)]
 pub enum Lookup {
-    /// Exactly one table (or several that agree on everything capture needs).
-    Found(Arc<TableInfo>),
+    /// One table, or several of that name in different schemas that agree on everything
+    /// capture needs (the first; all of them, for per-role checks).
+    Found(Arc<TableInfo>, Vec<Arc<TableInfo>>),
     /// Several schemas hold tables of that name that differ; `search_path` decides.
     Ambiguous,
     /// No such table in the snapshot.
@@ -79,10 +88,11 @@ pub enum Lookup {
 }
 
 impl Snapshot {
-    /// Builds a snapshot from table rows (also used by tests).
-    pub fn new(server_version: i32, tables: Vec<TableInfo>) -> Self {
+    /// Builds a snapshot from table rows (also used by tests); `can_select` is `login`'s.
+    pub fn new(server_version: i32, login: &str, tables: Vec<TableInfo>) -> Self {
         let mut s = Snapshot {
             server_version,
+            login: login.to_string(),
             ..Default::default()
         };
         for t in tables {
@@ -111,14 +121,38 @@ impl Snapshot {
         let Some(first) = matching.next() else {
             return Lookup::Missing;
         };
-        let agree = |t: &&Arc<TableInfo>| {
-            t.pk == first.pk && t.rls == first.rls && t.can_select == first.can_select
+        let agree = |t: &Arc<TableInfo>| {
+            t.pk == first.pk
+                && t.rls == first.rls
+                && t.can_select == first.can_select
+                && t.refusal == first.refusal
         };
-        if matching.all(|t| agree(&t)) {
-            Lookup::Found(first.clone())
-        } else {
-            Lookup::Ambiguous
+        let mut all = vec![first.clone()];
+        for t in matching {
+            if !agree(t) {
+                return Lookup::Ambiguous;
+            }
+            all.push(t.clone());
         }
+        Lookup::Found(first.clone(), all)
+    }
+
+    /// Whether `role` may SELECT the table: `None` until that role's privileges were read
+    /// for this snapshot ([`Catalog::load_access`]).
+    pub fn can_select(&self, role: &str, t: &TableInfo) -> Option<bool> {
+        if role == self.login {
+            return Some(t.can_select);
+        }
+        let access = self.access.read().ok()?;
+        Some(match access.get(role)? {
+            Some(oids) => oids.contains(&t.oid),
+            None => false, // no such role: the server will refuse anyway
+        })
+    }
+
+    /// Whether `role`'s privileges are known in this snapshot.
+    pub fn knows_role(&self, role: &str) -> bool {
+        role == self.login || self.access.read().is_ok_and(|a| a.contains_key(role))
     }
 
     /// The root table of the relation with this oid (a partition maps to its root).
@@ -150,11 +184,40 @@ SELECT c.oid::int8, n.nspname::text, c.relname::text,
        ARRAY(SELECT DISTINCT f.conrelid::regclass::text
                FROM pg_constraint f
               WHERE f.confrelid = c.oid AND f.contype = 'f'
-                AND (f.confdeltype IN ('c', 'n', 'd') OR f.confupdtype IN ('c', 'n', 'd')))
+                AND (f.confdeltype IN ('c', 'n', 'd') OR f.confupdtype IN ('c', 'n', 'd'))),
+       c.relkind::text,
+       c.relhasrules,
+       c.relhassubclass AND EXISTS (
+         WITH RECURSIVE d(oid) AS (
+           SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = c.oid
+           UNION SELECT i.inhrelid FROM pg_inherits i JOIN d ON i.inhparent = d.oid)
+         SELECT 1 FROM d JOIN pg_class x ON x.oid = d.oid
+          WHERE x.relkind = 'f' OR x.relhasrules)
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
+ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
    AND n.nspname NOT LIKE 'pg_toast%'";
+
+/// The relations of [`TABLES_SQL`] a role may SELECT.
+const ACCESS_SQL: &str = "\
+SELECT c.oid::int8
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p')
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND n.nspname NOT LIKE 'pg_toast%'
+   AND has_table_privilege($1::text, c.oid, 'SELECT')";
+
+/// Why capture leaves a relation alone, from its kind and rules.
+fn refusal(relkind: &str, has_rules: bool, odd_children: bool) -> Option<&'static str> {
+    match relkind {
+        "v" => Some("a view (rules or INSTEAD OF triggers decide what a write does)"),
+        "m" => Some("a materialized view"),
+        "f" => Some("a foreign table"),
+        _ if has_rules => Some("the table has rules (RETURNING would change what they do)"),
+        _ if odd_children => Some("the table has foreign or rule-bearing partitions or children"),
+        _ => None,
+    }
+}
 
 /// Where and as whom to read one database's catalog.
 #[derive(Debug, Clone)]
@@ -268,6 +331,55 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// Reads which tables `role` may SELECT into `snapshot`, unless known already. A role
+    /// that does not exist is recorded as one that may read nothing.
+    pub async fn load_access(&self, target: &Target, snapshot: &Snapshot, role: &str) {
+        if snapshot.knows_role(role) {
+            return;
+        }
+        let mut r = self.refresher.lock().await;
+        if snapshot.knows_role(role) {
+            return;
+        }
+        let read = async {
+            if r.client.as_ref().is_none_or(|c| c.is_closed()) {
+                r.client = Some(connect(target).await?);
+            }
+            let client = r.client.as_ref().ok_or("no connection")?;
+            match client.query(ACCESS_SQL, &[&role]).await {
+                Ok(rows) => Ok(Some(
+                    rows.iter()
+                        .filter_map(|row| row.try_get::<_, i64>(0).ok())
+                        .filter_map(|oid| u32::try_from(oid).ok())
+                        .collect::<std::collections::HashSet<u32>>(),
+                )),
+                // `role "x" does not exist` (42704): nothing is readable as it.
+                Err(e) if e.code().is_some_and(|c| c.code() == "42704") => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        match tokio::time::timeout(target.timeout * 2, read).await {
+            Ok(Ok(oids)) => {
+                if let Ok(mut a) = snapshot.access.write() {
+                    a.insert(role.to_string(), oids.map(Arc::new));
+                }
+            }
+            outcome => {
+                let reason = match outcome {
+                    Ok(Err(e)) => e,
+                    _ => "timed out".to_string(),
+                };
+                tracing::warn!(
+                    role,
+                    "cannot read the role's privileges for capture: {reason}"
+                );
+                r.client = None;
+            }
+        }
+    }
+}
+
 async fn read(r: &mut Refresher, target: &Target) -> Result<Snapshot, String> {
     if r.client.as_ref().is_none_or(|c| c.is_closed()) {
         r.client = Some(connect(target).await?);
@@ -294,6 +406,13 @@ async fn read(r: &mut Refresher, target: &Target) -> Result<Snapshot, String> {
             root: u32::try_from(root).unwrap_or_default(),
             triggers: row.try_get(8).map_err(cell)?,
             cascades_to: row.try_get(9).map_err(cell)?,
+            refusal: refusal(
+                row.try_get::<_, String>(10).map_err(cell)?.as_str(),
+                row.try_get(11).map_err(cell)?,
+                row.try_get::<_, Option<bool>>(12)
+                    .map_err(cell)?
+                    .unwrap_or(false),
+            ),
         });
     }
     if version == 0 {
@@ -304,7 +423,7 @@ async fn read(r: &mut Refresher, target: &Target) -> Result<Snapshot, String> {
             .map_err(|e| e.to_string())?;
         version = row.try_get(0).map_err(|e| e.to_string())?;
     }
-    Ok(Snapshot::new(version, tables))
+    Ok(Snapshot::new(version, &target.user, tables))
 }
 
 async fn connect(target: &Target) -> Result<tokio_postgres::Client, String> {
@@ -376,6 +495,7 @@ mod tests {
             root: oid,
             triggers: None,
             cascades_to: Vec::new(),
+            refusal: None,
         }
     }
 
@@ -385,6 +505,7 @@ mod tests {
         part.root = 2;
         let s = Snapshot::new(
             150000,
+            "app",
             vec![
                 table(1, "public", "users", &["id"]),
                 table(2, "public", "events", &["id"]),
@@ -394,7 +515,7 @@ mod tests {
         );
         assert!(matches!(s.lookup(&["users".into()]), Lookup::Ambiguous));
         match s.lookup(&["app".into(), "users".into()]) {
-            Lookup::Found(t) => assert_eq!(t.display_name(), "app.users"),
+            Lookup::Found(t, _) => assert_eq!(t.display_name(), "app.users"),
             other => panic!("{other:?}"),
         }
         assert!(matches!(s.lookup(&["nope".into()]), Lookup::Missing));

@@ -17,6 +17,7 @@ pub mod message;
 pub mod pipeline;
 pub mod plan;
 pub mod rewrite;
+pub mod role;
 pub mod server;
 pub mod session;
 pub mod startup;

@@ -10,8 +10,12 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::catalog::{Lookup, Snapshot};
-use crate::rewrite::{self, Analysis, Kind, SetRequest, WriteOp, CAPTURE_COLUMNS};
+use std::collections::HashMap;
+
+use crate::capture::GapReason;
+use crate::catalog::{Lookup, Snapshot, TableInfo};
+use crate::rewrite::{self, Analysis, Kind, RoleChange, SetRequest, WriteOp, CAPTURE_COLUMNS};
+use crate::role::{self, RoleState};
 
 /// The session's decision for one statement, carried with it through the response FIFO.
 #[derive(Debug, Clone)]
@@ -24,6 +28,8 @@ pub struct StepPlan {
     pub request_id: Option<String>,
     /// A `set_config('flux.request_id', …)` inside the statement.
     pub set_request: Option<SetRequest>,
+    /// How the statement changes the session's role.
+    pub role: Option<RoleChange>,
     /// How to read the images, when the statement was rewritten.
     pub capture: Option<Arc<CapturePlan>>,
     /// Why a write could not be imaged (recorded as a gap when it completes).
@@ -45,9 +51,9 @@ pub struct CapturePlan {
     /// whole result (row description and rows) is ours and is dropped.
     pub keep_returning: bool,
     /// Why the before image is missing, when it is.
-    pub before_note: Option<&'static str>,
+    pub before_note: Option<GapReason>,
     /// Writes this statement may cause that `RETURNING` cannot show: `(table, why)`.
-    pub unseen: Vec<(Option<String>, String)>,
+    pub unseen: Vec<(Option<String>, GapReason)>,
 }
 
 /// A write the proxy could not image.
@@ -56,7 +62,7 @@ pub struct GapPlan {
     /// The table, when known.
     pub table: Option<String>,
     /// Why.
-    pub reason: String,
+    pub reason: GapReason,
 }
 
 /// The outcome of planning one SQL string.
@@ -69,99 +75,142 @@ pub struct Planned {
     /// A written table was not in the catalog snapshot: refresh it. (DDL refreshes the
     /// catalog when it completes; see the session.)
     pub unknown_table: bool,
+    /// The plan depends only on the text, the snapshot and the roles: no statement in it
+    /// changes session state the planner tracks (roles, DDL, SQL-prepared statements), so
+    /// it may be reused for the same text under the same conditions.
+    pub reusable: bool,
+}
+
+/// What planning needs besides the text: the catalog, the roles the statements may run
+/// as, and the session state the planner carries from string to string.
+#[derive(Debug)]
+pub struct Context<'a> {
+    /// The catalog snapshot; `None` when it could not be read (`catalog_error` says why).
+    pub snapshot: Option<&'a Snapshot>,
+    /// Why the catalog could not be read.
+    pub catalog_error: Option<&'a str>,
+    /// The confirmed role state.
+    pub confirmed: &'a RoleState,
+    /// Role changes planned but not yet answered (the planner appends this string's).
+    pub pending_roles: &'a mut Vec<RoleChange>,
+    /// DDL (or a routine) planned but not yet settled: writes are not rewritten until the
+    /// session is idle and the catalog re-read.
+    pub unsettled: &'a mut bool,
+    /// Statements prepared with SQL `PREPARE` that write: name → table.
+    pub prepared: &'a mut HashMap<String, Option<String>>,
 }
 
 /// Plans `sql` (whose statements `analysis` describes). `trailing_request` is the request
-/// id from a sqlcommenter comment at the end of the string; `snapshot` is `None` when the
-/// catalog could not be read (`catalog_error` says why).
+/// id from a sqlcommenter comment at the end of the string.
 pub fn plan(
     sql: &str,
     analysis: &Analysis,
     trailing_request: Option<&str>,
-    snapshot: Option<&Snapshot>,
-    catalog_error: Option<&str>,
+    cx: &mut Context<'_>,
 ) -> Planned {
     let mut out = String::new();
     let mut copied = 0;
     let mut unknown_table = false;
-    let steps: Vec<StepPlan> = analysis
-        .steps
-        .iter()
-        .map(|step| {
-            let mut plan = StepPlan {
-                text: step.start..step.insert_at,
-                kind: step.kind.clone(),
-                request_id: step
-                    .request_id
-                    .clone()
-                    .or_else(|| trailing_request.map(str::to_string)),
-                set_request: step.set_request.clone(),
-                capture: None,
-                gap: None,
-            };
-            match &step.kind {
-                Kind::Write(write) => {
-                    let table = write.table.join(".");
-                    let decision = match snapshot {
-                        None => Err(format!(
-                            "pg_catalog unreadable: {}",
-                            catalog_error.unwrap_or("not read yet")
-                        )),
-                        Some(s) => match s.lookup(&write.table) {
-                            Lookup::Missing => {
-                                unknown_table = true;
-                                Err("table not found in pg_catalog".to_string())
-                            }
-                            Lookup::Ambiguous => {
-                                Err("table name found in several schemas; search_path decides"
-                                    .to_string())
-                            }
-                            Lookup::Found(t) if !t.can_select => {
-                                Err("the session's role lacks SELECT on the table".to_string())
-                            }
-                            Lookup::Found(t) if t.rls => {
-                                Err("row-level security is enabled on the table".to_string())
-                            }
-                            Lookup::Found(t) => Ok((t, s.has_old_new())),
-                        },
-                    };
-                    match decision {
-                        Ok((t, pg18)) => {
-                            let (text, note) = rewrite::appendix(write, &t.pk, pg18);
-                            if let Some(prefix) = sql.get(copied..step.insert_at) {
-                                out.push_str(prefix);
-                                out.push_str(&text);
-                                copied = step.insert_at;
-                                plan.capture = Some(Arc::new(CapturePlan {
-                                    table: t.display_name(),
-                                    oid: t.oid,
-                                    pk: t.pk.clone(),
-                                    op: write.op,
-                                    keep_returning: write.has_returning,
-                                    before_note: note,
-                                    unseen: unseen(&t, write.op),
-                                }));
-                            }
-                        }
-                        Err(reason) => {
-                            plan.gap = Some(GapPlan {
-                                table: Some(table),
-                                reason,
-                            })
+    let mut reusable = true;
+    // The split into statements is ours; if part of the string was not understood, it
+    // may not be the server's, so nothing in it is rewritten.
+    let whole = analysis.steps.len() <= 1 || analysis.steps.iter().all(|s| s.parsed);
+    let mut steps = Vec::with_capacity(analysis.steps.len());
+    for step in &analysis.steps {
+        let mut plan = StepPlan {
+            text: step.start..step.insert_at,
+            kind: step.kind.clone(),
+            request_id: step
+                .request_id
+                .clone()
+                .or_else(|| trailing_request.map(str::to_string)),
+            set_request: step.set_request.clone(),
+            role: step.role.clone(),
+            capture: None,
+            gap: None,
+        };
+        match &step.kind {
+            Kind::Write(write) => {
+                let table = write.table.join(".");
+                match decide(write, whole, cx, &mut unknown_table) {
+                    Ok((t, pg18)) => {
+                        let (text, note) = rewrite::appendix(write, &t.pk, pg18);
+                        if let Some(prefix) = sql.get(copied..step.insert_at) {
+                            out.push_str(prefix);
+                            out.push_str(&text);
+                            copied = step.insert_at;
+                            plan.capture = Some(Arc::new(CapturePlan {
+                                table: t.display_name(),
+                                oid: t.oid,
+                                pk: t.pk.clone(),
+                                op: write.op,
+                                keep_returning: write.has_returning,
+                                before_note: note,
+                                unseen: unseen(&t, write.op),
+                            }));
                         }
                     }
+                    Err(reason) => {
+                        plan.gap = Some(GapPlan {
+                            table: Some(table),
+                            reason,
+                        })
+                    }
                 }
-                Kind::Unimaged { table, reason } => {
+            }
+            Kind::Unimaged { table, reason } => {
+                plan.gap = Some(GapPlan {
+                    table: table.clone(),
+                    reason: reason.clone(),
+                })
+            }
+            Kind::Ddl => {
+                *cx.unsettled = true;
+                reusable = false;
+            }
+            Kind::Routine { writes } => {
+                *cx.unsettled = true;
+                reusable = false;
+                if *writes {
+                    plan.gap = Some(GapPlan {
+                        table: None,
+                        reason: GapReason::Routine("a DO block or procedure"),
+                    });
+                }
+            }
+            Kind::Prepare { name, write } => {
+                reusable = false;
+                match write {
+                    Some(table) => cx.prepared.insert(name.clone(), table.clone()),
+                    None => cx.prepared.remove(name),
+                };
+            }
+            Kind::Execute(name) => {
+                reusable = false;
+                if let Some(table) = cx.prepared.get(name) {
                     plan.gap = Some(GapPlan {
                         table: table.clone(),
-                        reason: (*reason).to_string(),
-                    })
+                        reason: GapReason::Prepared(name.clone()),
+                    });
                 }
-                _ => {}
             }
-            plan
-        })
-        .collect();
+            Kind::Deallocate(name) => {
+                reusable = false;
+                match name {
+                    Some(name) => {
+                        cx.prepared.remove(name);
+                    }
+                    None => cx.prepared.clear(),
+                }
+            }
+            _ => {}
+        }
+        if let Some(change) = &step.role {
+            cx.pending_roles.push(change.clone());
+            reusable = false;
+        }
+        steps.push(plan);
+    }
     let sql = (copied > 0).then(|| {
         out.push_str(sql.get(copied..).unwrap_or_default());
         out
@@ -170,17 +219,65 @@ pub fn plan(
         sql,
         steps: steps.into(),
         unknown_table,
+        reusable,
     }
 }
 
+/// Whether a write may be rewritten: the table it resolves to and whether the server has
+/// `RETURNING old/new`, or why not.
+fn decide(
+    write: &rewrite::Write,
+    whole: bool,
+    cx: &Context<'_>,
+    unknown_table: &mut bool,
+) -> Result<(Arc<TableInfo>, bool), GapReason> {
+    if !whole {
+        return Err(GapReason::StringNotUnderstood);
+    }
+    if *cx.unsettled {
+        return Err(GapReason::CatalogUnsettled);
+    }
+    let Some(s) = cx.snapshot else {
+        return Err(GapReason::CatalogUnreadable(
+            cx.catalog_error.unwrap_or("not read yet").to_string(),
+        ));
+    };
+    let (t, all) = match s.lookup(&write.table) {
+        Lookup::Missing => {
+            *unknown_table = true;
+            return Err(GapReason::TableNotFound);
+        }
+        Lookup::Ambiguous => return Err(GapReason::Ambiguous),
+        Lookup::Found(t, all) => (t, all),
+    };
+    if let Some(why) = t.refusal {
+        return Err(GapReason::Relation(why));
+    }
+    if t.rls {
+        return Err(GapReason::RowSecurity);
+    }
+    let roles = role::candidates(cx.confirmed, cx.pending_roles).ok_or(GapReason::RoleUnknown)?;
+    for role in &roles {
+        for table in &all {
+            if s.can_select(role, table) != Some(true) {
+                return Err(GapReason::NoSelect(role.clone()));
+            }
+        }
+    }
+    Ok((t, s.has_old_new()))
+}
+
 /// What a write to `t` may change beyond the rows it returns.
-fn unseen(t: &crate::catalog::TableInfo, op: WriteOp) -> Vec<(Option<String>, String)> {
+fn unseen(t: &TableInfo, op: WriteOp) -> Vec<(Option<String>, GapReason)> {
     let name = t.display_name();
     let mut out = Vec::new();
     if let Some(triggers) = &t.triggers {
         out.push((
             Some(name.clone()),
-            format!("rows written by triggers on {name} ({triggers}) are not captured"),
+            GapReason::Triggers {
+                table: name.clone(),
+                names: triggers.clone(),
+            },
         ));
     }
     if matches!(op, WriteOp::Delete | WriteOp::Update | WriteOp::Upsert) {
@@ -188,7 +285,9 @@ fn unseen(t: &crate::catalog::TableInfo, op: WriteOp) -> Vec<(Option<String>, St
             let child = child.strip_prefix("public.").unwrap_or(child);
             out.push((
                 Some(child.to_string()),
-                format!("rows may have changed through the ON DELETE/UPDATE action of a foreign key to {name}"),
+                GapReason::Cascade {
+                    parent: name.clone(),
+                },
             ));
         }
     }
@@ -324,46 +423,163 @@ mod tests {
     use super::*;
     use crate::catalog::TableInfo;
 
+    fn table(oid: u32, name: &str) -> TableInfo {
+        TableInfo {
+            oid,
+            schema: "public".into(),
+            name: name.into(),
+            pk: vec!["id".into()],
+            rls: false,
+            can_select: true,
+            root: oid,
+            triggers: None,
+            cascades_to: Vec::new(),
+            refusal: None,
+        }
+    }
+
     fn snapshot(version: i32) -> Snapshot {
+        let mut ruled = table(11, "ruled");
+        ruled.refusal = Some("the table has rules (RETURNING would change what they do)");
+        let mut view = table(12, "v");
+        view.refusal = Some("a view");
+        let mut secret = table(13, "secret");
+        secret.can_select = false;
         Snapshot::new(
             version,
-            vec![TableInfo {
-                oid: 10,
-                schema: "public".into(),
-                name: "users".into(),
-                pk: vec!["id".into()],
-                rls: false,
-                can_select: true,
-                root: 10,
-                triggers: None,
-                cascades_to: Vec::new(),
-            }],
+            "app",
+            vec![table(10, "users"), ruled, view, secret],
         )
+    }
+
+    /// Session state the planner carries between strings.
+    #[derive(Default)]
+    struct Session {
+        pending: Vec<RoleChange>,
+        unsettled: bool,
+        prepared: HashMap<String, Option<String>>,
+    }
+
+    impl Session {
+        fn plan(&mut self, sql: &str, snapshot: Option<&Snapshot>) -> Planned {
+            let confirmed = RoleState::new("app");
+            let mut cx = Context {
+                snapshot,
+                catalog_error: Some("password authentication failed"),
+                confirmed: &confirmed,
+                pending_roles: &mut self.pending,
+                unsettled: &mut self.unsettled,
+                prepared: &mut self.prepared,
+            };
+            plan(sql, &rewrite::analyze(sql), Some("req-1"), &mut cx)
+        }
+    }
+
+    fn gap(p: &Planned, i: usize) -> Option<GapReason> {
+        p.steps.get(i)?.gap.as_ref().map(|g| g.reason.clone())
     }
 
     #[test]
     fn plans_rewrites_and_gaps_per_statement() {
         let sql = "UPDATE users SET plan='pro' WHERE id=1; TRUNCATE users; INSERT INTO ghosts VALUES (1) RETURNING *";
-        let a = rewrite::analyze(sql);
-        let p = plan(sql, &a, Some("req-1"), Some(&snapshot(150000)), None);
-        let text = p.sql.expect("rewritten");
+        let s = snapshot(150000);
+        let p = Session::default().plan(sql, Some(&s));
+        let text = p.sql.clone().expect("rewritten");
         assert!(text.starts_with("UPDATE users SET plan='pro' WHERE id=1 RETURNING (SELECT"));
         assert!(text.ends_with("; TRUNCATE users; INSERT INTO ghosts VALUES (1) RETURNING *"));
         assert!(p.unknown_table);
+        assert!(p.reusable);
         let c = p.steps[0].capture.as_ref().expect("captured");
         assert_eq!((c.table.as_str(), c.keep_returning), ("users", false));
-        assert_eq!(
-            p.steps[1].gap.as_ref().map(|g| g.reason.as_str()),
-            Some("TRUNCATE")
-        );
-        assert!(p.steps[2].gap.is_some());
+        assert_eq!(gap(&p, 1), Some(GapReason::Statement("TRUNCATE")));
+        assert_eq!(gap(&p, 2), Some(GapReason::TableNotFound));
         assert_eq!(p.steps[2].request_id.as_deref(), Some("req-1"));
-        let none = plan(sql, &a, None, None, Some("password authentication failed"));
+        let none = Session::default().plan(sql, None);
         assert!(none.sql.is_none());
-        assert!(none.steps[0]
-            .gap
-            .as_ref()
-            .is_some_and(|g| g.reason.contains("password")));
+        assert!(gap(&none, 0).is_some_and(|g| g.to_string().contains("password")));
+    }
+
+    #[test]
+    fn relations_capture_must_not_touch_are_gaps() {
+        let s = snapshot(150000);
+        for (sql, reason) in [
+            ("INSERT INTO ruled VALUES (1)", "rules"),
+            ("UPDATE v SET a = 1", "a view"),
+            ("DELETE FROM secret", "lacks SELECT"),
+        ] {
+            let p = Session::default().plan(sql, Some(&s));
+            assert!(p.sql.is_none(), "{sql} must not be rewritten");
+            assert!(
+                gap(&p, 0).is_some_and(|g| g.to_string().contains(reason)),
+                "{sql}: {:?}",
+                gap(&p, 0)
+            );
+        }
+    }
+
+    #[test]
+    fn role_changes_count_until_the_server_answers_them() {
+        let s = snapshot(150000);
+        // r1's privileges were never read: a write after SET ROLE r1 in the same string
+        // is left alone, and so is one in a later string while the SET is unanswered.
+        let mut session = Session::default();
+        let p = session.plan("SET ROLE r1; INSERT INTO users VALUES (1)", Some(&s));
+        assert!(p.sql.is_none());
+        assert_eq!(gap(&p, 1), Some(GapReason::NoSelect("r1".into())));
+        assert!(!p.reusable);
+        let p = session.plan("INSERT INTO users VALUES (2)", Some(&s));
+        assert!(p.sql.is_none());
+        // A computed role makes every write a gap.
+        let mut session = Session::default();
+        let p = session.plan(
+            "SELECT set_config('role', current_setting('my.role'), true); UPDATE users SET a = 1",
+            Some(&s),
+        );
+        assert_eq!(gap(&p, 1), Some(GapReason::RoleUnknown));
+    }
+
+    #[test]
+    fn ddl_and_routines_unsettle_the_catalog() {
+        let s = snapshot(150000);
+        let mut session = Session::default();
+        let p = session.plan(
+            "CREATE RULE r AS ON INSERT TO users DO INSTEAD NOTHING; INSERT INTO users VALUES (1)",
+            Some(&s),
+        );
+        assert!(p.sql.is_none());
+        assert_eq!(gap(&p, 1), Some(GapReason::CatalogUnsettled));
+        assert!(session.unsettled);
+        let mut session = Session::default();
+        let p = session.plan("DO $$ BEGIN INSERT INTO users VALUES (1); END $$", Some(&s));
+        assert!(matches!(gap(&p, 0), Some(GapReason::Routine(_))));
+        assert!(session.unsettled);
+    }
+
+    #[test]
+    fn sql_prepared_writes_are_gaps_when_executed() {
+        let s = snapshot(150000);
+        let mut session = Session::default();
+        let p = session.plan(
+            "PREPARE ins(int) AS INSERT INTO users VALUES ($1)",
+            Some(&s),
+        );
+        assert!(p.sql.is_none(), "the prepared text is never rewritten");
+        let p = session.plan("EXECUTE ins(1)", Some(&s));
+        assert_eq!(gap(&p, 0), Some(GapReason::Prepared("ins".into())));
+        session.plan("DEALLOCATE ins", Some(&s));
+        let p = session.plan("EXECUTE ins(1)", Some(&s));
+        assert_eq!(gap(&p, 0), None);
+    }
+
+    #[test]
+    fn nothing_is_rewritten_in_a_string_with_a_part_not_understood() {
+        let s = snapshot(150000);
+        let p = Session::default().plan(
+            "INSERT INTO users VALUES (1); FROBNICATE users; UPDATE users SET a = 2",
+            Some(&s),
+        );
+        assert!(p.sql.is_none());
+        assert_eq!(gap(&p, 0), Some(GapReason::StringNotUnderstood));
     }
 
     fn data_row(cols: &[Option<&[u8]>]) -> Vec<u8> {

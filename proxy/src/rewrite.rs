@@ -18,6 +18,8 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer, Whitespace};
 
+pub use crate::capture::GapReason;
+
 /// How many columns the rewrite appends to a write's result: before image, after image
 /// and the row's `tableoid`.
 pub const CAPTURE_COLUMNS: usize = 3;
@@ -47,6 +49,36 @@ pub struct Step {
     pub request_id: Option<String>,
     /// A `set_config('flux.request_id', …)` call inside the statement.
     pub set_request: Option<SetRequest>,
+    /// How the statement changes the session's role, if it does.
+    pub role: Option<RoleChange>,
+    /// `sqlparser` understood the statement.
+    pub parsed: bool,
+}
+
+/// A change of the session's effective role (`SET ROLE`, `SET SESSION AUTHORIZATION`,
+/// their `RESET`s, `set_config('role', …)`), which decides what capture may read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoleChange {
+    /// `SET [LOCAL] ROLE name` (`None`: `NONE`, `DEFAULT`, `RESET ROLE`).
+    Role {
+        /// Until the transaction ends.
+        local: bool,
+        /// The role.
+        to: Option<String>,
+    },
+    /// `SET [LOCAL] SESSION AUTHORIZATION name` (`None`: `DEFAULT`, `RESET`); also resets
+    /// the role.
+    SessionAuthorization {
+        /// Until the transaction ends.
+        local: bool,
+        /// The user.
+        to: Option<String>,
+    },
+    /// `DISCARD ALL`: session authorization and role back to the login user's.
+    Discard,
+    /// Something changes the role to a value the proxy cannot know (`set_config('role',
+    /// $1, …)` with a computed value, a `DO` block that mentions roles).
+    Unknown,
 }
 
 /// A change of the request id the app made with `SET`, `RESET` or `set_config`.
@@ -87,10 +119,26 @@ pub enum Kind {
         /// The written table, when known.
         table: Option<String>,
         /// Why it cannot be imaged.
-        reason: &'static str,
+        reason: GapReason,
     },
     /// DDL: the catalog the rewrite depends on may have changed.
     Ddl,
+    /// `DO` or `CALL`: may write (invisibly to `RETURNING`) and change the catalog.
+    Routine {
+        /// It may write rows (a `CALL`, or a `DO` body naming a data-modifying command).
+        writes: bool,
+    },
+    /// `PREPARE name AS …`; `write` names the table when the statement is a write.
+    Prepare {
+        /// The prepared statement's name.
+        name: String,
+        /// The table it writes, when it is a write (`Some(None)`: a write to an unknown table).
+        write: Option<Option<String>>,
+    },
+    /// `EXECUTE name`.
+    Execute(String),
+    /// `DEALLOCATE name` (`None`: `ALL`).
+    Deallocate(Option<String>),
     /// Anything else (queries, utility statements): relayed untouched.
     Other,
 }
@@ -141,26 +189,22 @@ pub fn analyze(sql: &str) -> Analysis {
                     kind: unparsed(sql),
                     request_id: None,
                     set_request: None,
+                    role: None,
+                    parsed: false,
                 }],
             }
         }
     };
     let offsets = LineOffsets::new(sql);
     let mut steps = Vec::new();
-    let mut start = 0;
-    for i in 0..=tokens.len() {
-        let at_end = i == tokens.len();
-        if !at_end && !matches!(tokens.get(i).map(|t| &t.token), Some(Token::SemiColon)) {
-            continue;
-        }
-        let segment = tokens.get(start..i).unwrap_or_default();
-        start = i + 1;
+    for (range, end) in statements(&tokens) {
+        let segment = tokens.get(range).unwrap_or_default();
         let significant = segment.iter().rposition(|t| !is_trivia(&t.token));
         let Some(last) = significant else {
             continue; // empty statement
         };
         // Append right after the last real token: the start of whatever follows it.
-        let insert_at = match segment.get(last + 1).or_else(|| tokens.get(i)) {
+        let insert_at = match segment.get(last + 1).or_else(|| tokens.get(end)) {
             Some(next) => offsets.byte(next.span.start).unwrap_or(sql.len()),
             None => sql.len(),
         };
@@ -168,7 +212,7 @@ pub fn analyze(sql: &str) -> Analysis {
             Token::Whitespace(Whitespace::MultiLineComment(c)) => sqlcommenter_request_id(c),
             _ => None,
         });
-        let set_request = set_config_call(segment);
+        let set_request = set_config_call(segment, REQUEST_ID_SETTING).and_then(|c| c.request());
         let start = segment
             .iter()
             .find(|t| !is_trivia(&t.token))
@@ -176,12 +220,16 @@ pub fn analyze(sql: &str) -> Analysis {
             .unwrap_or(0)
             .min(insert_at);
         let text = sql.get(start..insert_at).unwrap_or_default();
-        let kind = match Parser::new(&dialect)
+        let words = Words::of(segment);
+        let parsed = Parser::new(&dialect)
             .with_tokens_with_locations(segment.to_vec())
-            .parse_statement()
-        {
-            Ok(statement) => classify(&statement),
-            Err(_) => unparsed(text),
+            .parse_statement();
+        let kind = match (words.catalog_statement(text), &parsed) {
+            // By keyword first: sqlparser does not know every DDL form (CREATE RULE), and
+            // DML nested in one (a rule's actions, a function body) must stay untouched.
+            (Some(kind), _) => kind,
+            (None, Ok(statement)) => classify(statement),
+            (None, Err(_)) => unparsed(text),
         };
         steps.push(Step {
             insert_at,
@@ -189,12 +237,107 @@ pub fn analyze(sql: &str) -> Analysis {
             kind,
             request_id,
             set_request,
+            role: role_change(segment, &words),
+            parsed: parsed.is_ok(),
         });
     }
     Analysis { steps }
 }
 
-/// What a statement the parser rejected is taken for: a write (a gap) by its first word.
+/// Splits a token stream into statements the way the server's grammar does: at `;`, but
+/// not inside parentheses (`CREATE RULE … DO INSTEAD (DELETE …; DELETE …)`) nor inside a
+/// `BEGIN ATOMIC … END` function body. Yields each statement's token range and the index
+/// of the token that ended it.
+fn statements(tokens: &[TokenWithSpan]) -> Vec<(std::ops::Range<usize>, usize)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut parens = 0usize;
+    // Open BEGIN ATOMIC / CASE blocks inside an atomic body; each END closes one.
+    let mut atomic = 0usize;
+    let mut previous_word: Option<String> = None;
+    for (i, t) in tokens.iter().enumerate() {
+        match &t.token {
+            Token::LParen => parens += 1,
+            Token::RParen => parens = parens.saturating_sub(1),
+            Token::SemiColon if parens == 0 && atomic == 0 => {
+                out.push((start..i, i));
+                start = i + 1;
+            }
+            Token::Word(w) => {
+                let word = w.value.to_ascii_lowercase();
+                if w.quote_style.is_none() {
+                    match word.as_str() {
+                        "atomic" if previous_word.as_deref() == Some("begin") => atomic += 1,
+                        "case" if atomic > 0 => atomic += 1,
+                        "end" if atomic > 0 => atomic -= 1,
+                        _ => {}
+                    }
+                }
+                previous_word = Some(word);
+            }
+            tok if is_trivia(tok) => {}
+            _ => previous_word = None,
+        }
+    }
+    out.push((start..tokens.len(), tokens.len()));
+    out
+}
+
+/// The unquoted words of a statement, lower-cased, in order (for keyword checks that
+/// must not depend on the parser knowing the statement).
+struct Words(Vec<String>);
+
+impl Words {
+    fn of(segment: &[TokenWithSpan]) -> Self {
+        Words(
+            segment
+                .iter()
+                .filter(|t| !is_trivia(&t.token))
+                .map(|t| match &t.token {
+                    Token::Word(w) if w.quote_style.is_none() => w.value.to_ascii_lowercase(),
+                    _ => String::new(),
+                })
+                .collect(),
+        )
+    }
+
+    fn first(&self) -> &str {
+        self.0.first().map_or("", String::as_str)
+    }
+
+    fn at(&self, i: usize) -> &str {
+        self.0.get(i).map_or("", String::as_str)
+    }
+
+    /// Statements recognised by their first keyword: DDL (which may change what capture
+    /// reads from `pg_catalog`) and routines (`DO`, `CALL`), whose inner writes are
+    /// invisible to `RETURNING`.
+    fn catalog_statement(&self, text: &str) -> Option<Kind> {
+        match self.first() {
+            "create" | "alter" | "drop" | "grant" | "revoke" | "reassign" | "import"
+            | "comment" | "security" | "refresh" | "cluster" | "reindex" => Some(Kind::Ddl),
+            "do" | "call" => Some(Kind::Routine {
+                writes: self.first() == "call" || mentions_dml(text),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a routine's text (a `DO` body) mentions a data-modifying command.
+fn mentions_dml(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .any(|w| {
+            matches!(
+                w,
+                "insert" | "update" | "delete" | "merge" | "copy" | "truncate"
+            )
+        })
+}
+
+/// What a statement that was not understood is taken for: a write (a gap) by its first word.
 fn unparsed(text: &str) -> Kind {
     let first = text
         .split(|c: char| !c.is_ascii_alphabetic())
@@ -202,9 +345,10 @@ fn unparsed(text: &str) -> Kind {
         .unwrap_or_default()
         .to_ascii_lowercase();
     match first.as_str() {
-        "insert" | "update" | "delete" | "merge" | "with" | "copy" | "truncate" => Kind::Unimaged {
+        "insert" | "update" | "delete" | "merge" | "with" | "copy" | "truncate" | "explain"
+        | "execute" => Kind::Unimaged {
             table: None,
-            reason: "statement not understood by the proxy's SQL parser",
+            reason: GapReason::NotUnderstood,
         },
         _ => Kind::Other,
     }
@@ -308,7 +452,7 @@ pub fn classify(statement: &Statement) -> Kind {
             let TableObject::TableName(name) = &insert.table else {
                 return Kind::Unimaged {
                     table: None,
-                    reason: "INSERT into a table function",
+                    reason: GapReason::Statement("INSERT into a table function"),
                 };
             };
             let (op, assigned) = match &insert.on {
@@ -322,7 +466,7 @@ pub fn classify(statement: &Statement) -> Kind {
                 Some(_) => {
                     return Kind::Unimaged {
                         table: Some(name_parts(name).join(".")),
-                        reason: "INSERT form not supported by PostgreSQL",
+                        reason: GapReason::Statement("INSERT form not supported by PostgreSQL"),
                     }
                 }
             };
@@ -333,13 +477,13 @@ pub fn classify(statement: &Statement) -> Kind {
             let TableFactor::Table { name, alias, .. } = &update.table.relation else {
                 return Kind::Unimaged {
                     table: None,
-                    reason: "UPDATE of something other than a table",
+                    reason: GapReason::Statement("UPDATE of something other than a table"),
                 };
             };
             if !update.table.joins.is_empty() {
                 return Kind::Unimaged {
                     table: Some(name_parts(name).join(".")),
-                    reason: "UPDATE with joins",
+                    reason: GapReason::Statement("UPDATE with joins"),
                 };
             }
             let alias = alias.as_ref().map(|a| &a.name);
@@ -360,14 +504,14 @@ pub fn classify(statement: &Statement) -> Kind {
                 _ => {
                     return Kind::Unimaged {
                         table: None,
-                        reason: "DELETE from several tables",
+                        reason: GapReason::Statement("DELETE from several tables"),
                     }
                 }
             };
             let TableFactor::Table { name, alias, .. } = target else {
                 return Kind::Unimaged {
                     table: None,
-                    reason: "DELETE from something other than a table",
+                    reason: GapReason::Statement("DELETE from something other than a table"),
                 };
             };
             let alias = alias.as_ref().map(|a| &a.name);
@@ -393,7 +537,7 @@ pub fn classify(statement: &Statement) -> Kind {
             }) {
                 Kind::Unimaged {
                     table: None,
-                    reason: "data-modifying statement inside WITH",
+                    reason: GapReason::Statement("data-modifying statement inside WITH"),
                 }
             } else {
                 Kind::Other
@@ -401,11 +545,11 @@ pub fn classify(statement: &Statement) -> Kind {
         }
         Statement::Merge(_) => Kind::Unimaged {
             table: None,
-            reason: "MERGE",
+            reason: GapReason::Statement("MERGE"),
         },
         Statement::Truncate(t) => Kind::Unimaged {
             table: t.table_names.first().map(|n| name_parts(&n.name).join(".")),
-            reason: "TRUNCATE",
+            reason: GapReason::Statement("TRUNCATE"),
         },
         Statement::Copy {
             source: ast::CopySource::Table { table_name, .. },
@@ -413,7 +557,7 @@ pub fn classify(statement: &Statement) -> Kind {
             ..
         } => Kind::Unimaged {
             table: Some(name_parts(table_name).join(".")),
-            reason: "COPY FROM",
+            reason: GapReason::Statement("COPY FROM"),
         },
         Statement::StartTransaction { .. } => Kind::Begin,
         Statement::Commit { .. } => Kind::Commit,
@@ -452,6 +596,48 @@ pub fn classify(statement: &Statement) -> Kind {
             _ => Kind::Other,
         },
         Statement::Discard { object_type } if object_type.to_string() == "ALL" => Kind::DiscardAll,
+        Statement::Prepare {
+            name, statement, ..
+        } => Kind::Prepare {
+            name: ident(name),
+            write: match classify(statement) {
+                Kind::Write(w) => Some(Some(w.table.join("."))),
+                Kind::Unimaged { table, .. } => Some(table),
+                _ => None,
+            },
+        },
+        Statement::Execute {
+            name: Some(name),
+            immediate: false,
+            ..
+        } => Kind::Execute(name_parts(name).join(".")),
+        Statement::Deallocate { name, .. } => {
+            let name = ident(name);
+            Kind::Deallocate((name != "all").then_some(name))
+        }
+        Statement::Explain {
+            analyze,
+            statement,
+            options,
+            ..
+        } if *analyze
+            || options.iter().flatten().any(|o| {
+                ident(&o.name).starts_with("analy")
+                    && !matches!(&o.arg, Some(e) if e.to_string().eq_ignore_ascii_case("false") || e.to_string().eq_ignore_ascii_case("off"))
+            }) =>
+        {
+            match classify(statement) {
+            Kind::Write(w) => Kind::Unimaged {
+                table: Some(w.table.join(".")),
+                reason: GapReason::Statement("EXPLAIN ANALYZE of a write"),
+            },
+            Kind::Unimaged { table, .. } => Kind::Unimaged {
+                table,
+                reason: GapReason::Statement("EXPLAIN ANALYZE of a write"),
+            },
+            _ => Kind::Other,
+            }
+        }
         Statement::CreateTable(_)
         | Statement::AlterTable(_)
         | Statement::Drop { .. }
@@ -485,8 +671,40 @@ fn literal_string(e: &ast::Expr) -> Option<String> {
     }
 }
 
-/// Finds `set_config('flux.request_id', '<value>', <is_local>)` among a statement's tokens.
-fn set_config_call(tokens: &[TokenWithSpan]) -> Option<SetRequest> {
+/// A `set_config('<setting>', <value>, <is_local>)` call found among a statement's tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SetConfigCall {
+    local: bool,
+    value: SetConfigValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SetConfigValue {
+    Literal(String),
+    /// A bind parameter, 1-based.
+    Param(usize),
+    /// Anything else (an expression, a column): the value is not known here.
+    Computed,
+}
+
+impl SetConfigCall {
+    /// As a request-id change (a computed value is not one the proxy can know).
+    fn request(self) -> Option<SetRequest> {
+        let (value, param) = match self.value {
+            SetConfigValue::Literal(v) => (Some(v), None),
+            SetConfigValue::Param(n) => (None, Some(n)),
+            SetConfigValue::Computed => return None,
+        };
+        Some(SetRequest {
+            local: self.local,
+            value,
+            param,
+        })
+    }
+}
+
+/// Finds `set_config('<setting>', <value>, <is_local>)` among a statement's tokens.
+fn set_config_call(tokens: &[TokenWithSpan], setting: &str) -> Option<SetConfigCall> {
     let real: Vec<&Token> = tokens
         .iter()
         .map(|t| &t.token)
@@ -503,26 +721,140 @@ fn set_config_call(tokens: &[TokenWithSpan]) -> Option<SetRequest> {
         else {
             return None;
         };
-        if !f.value.eq_ignore_ascii_case("set_config")
-            || !name.eq_ignore_ascii_case(REQUEST_ID_SETTING)
-        {
+        if !f.value.eq_ignore_ascii_case("set_config") || !name.eq_ignore_ascii_case(setting) {
             return None;
         }
-        let (value, param) = match real.get(i + 4)? {
-            Token::SingleQuotedString(v) => (Some(v.clone()), None),
-            Token::Placeholder(p) => (None, Some(p.strip_prefix('$')?.parse().ok()?)),
-            _ => return None,
+        let (value, next) = match real.get(i + 4)? {
+            Token::SingleQuotedString(v) => (SetConfigValue::Literal(v.clone()), i + 5),
+            Token::Placeholder(p) => match p.strip_prefix('$').and_then(|n| n.parse().ok()) {
+                Some(n) => (SetConfigValue::Param(n), i + 5),
+                None => (SetConfigValue::Computed, i + 5),
+            },
+            _ => (SetConfigValue::Computed, i + 5),
         };
-        let j = skip_cast(i + 5);
-        let (Some(Token::Comma), Some(Token::Word(local))) = (real.get(j), real.get(j + 1)) else {
-            return None;
+        let j = skip_cast(next);
+        let local = match (real.get(j), real.get(j + 1)) {
+            (Some(Token::Comma), Some(Token::Word(local))) => {
+                local.value.eq_ignore_ascii_case("true")
+            }
+            // A computed value or flag: what it sets is unknown, local or not.
+            _ => {
+                return Some(SetConfigCall {
+                    local: false,
+                    value: SetConfigValue::Computed,
+                })
+            }
         };
-        Some(SetRequest {
-            local: local.value.eq_ignore_ascii_case("true"),
-            value,
-            param,
-        })
+        Some(SetConfigCall { local, value })
     })
+}
+
+/// How a statement changes the session's role, from its tokens: `SET [SESSION | LOCAL]
+/// ROLE …`, `SET … SESSION AUTHORIZATION …`, the generic `SET role = …` /
+/// `SET session_authorization TO …`, `RESET ROLE`, `RESET SESSION AUTHORIZATION`,
+/// `DISCARD ALL`, and `set_config('role' | 'session_authorization', …)` anywhere in a
+/// statement. A `DO` body that mentions roles, or a value only known at run time, is
+/// [`RoleChange::Unknown`].
+fn role_change(segment: &[TokenWithSpan], words: &Words) -> Option<RoleChange> {
+    // The value token after the setting name (skipping `TO` / `=`).
+    let value_after = |i: usize| -> Option<Option<String>> {
+        let real: Vec<&Token> = segment
+            .iter()
+            .map(|t| &t.token)
+            .filter(|t| !is_trivia(t))
+            .collect();
+        let mut j = i;
+        if matches!(real.get(j), Some(Token::Eq))
+            || matches!(real.get(j), Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("to"))
+        {
+            j += 1;
+        }
+        match real.get(j)? {
+            Token::SingleQuotedString(v) => Some(Some(v.clone())),
+            Token::Word(w) if w.quote_style.is_some() => Some(Some(w.value.clone())),
+            Token::Word(w) => {
+                let v = w.value.to_ascii_lowercase();
+                Some((v != "none" && v != "default").then_some(v))
+            }
+            _ => None,
+        }
+    };
+    match words.first() {
+        "set" => {
+            let mut i = 1;
+            let mut local = false;
+            match words.at(1) {
+                "local" => {
+                    local = true;
+                    i = 2;
+                }
+                "session" if words.at(2) != "authorization" => i = 2,
+                _ => {}
+            }
+            match (words.at(i), words.at(i + 1)) {
+                ("role", _) => match value_after(i + 1) {
+                    Some(to) => Some(RoleChange::Role { local, to }),
+                    None => Some(RoleChange::Unknown),
+                },
+                ("session", "authorization") => match value_after(i + 2) {
+                    Some(to) => Some(RoleChange::SessionAuthorization { local, to }),
+                    None => Some(RoleChange::Unknown),
+                },
+                ("session_authorization", _) => match value_after(i + 1) {
+                    Some(to) => Some(RoleChange::SessionAuthorization { local, to }),
+                    None => Some(RoleChange::Unknown),
+                },
+                _ => None,
+            }
+        }
+        "reset" => match (words.at(1), words.at(2)) {
+            ("role", _) => Some(RoleChange::Role {
+                local: false,
+                to: None,
+            }),
+            ("session", "authorization") | ("session_authorization", _) => {
+                Some(RoleChange::SessionAuthorization {
+                    local: false,
+                    to: None,
+                })
+            }
+            _ => None,
+        },
+        "discard" if words.at(1) == "all" => Some(RoleChange::Discard),
+        "do" => {
+            let text: String = segment.iter().map(|t| t.token.to_string()).collect();
+            let lower = text.to_ascii_lowercase();
+            (lower.contains("role")
+                || lower.contains("session_authorization")
+                || lower.contains("authorization"))
+            .then_some(RoleChange::Unknown)
+        }
+        _ => {
+            for (setting, is_role) in [("role", true), ("session_authorization", false)] {
+                if let Some(call) = set_config_call(segment, setting) {
+                    let to = match call.value {
+                        SetConfigValue::Literal(v) => {
+                            let lower = v.to_ascii_lowercase();
+                            (lower != "none" && !v.is_empty()).then_some(v)
+                        }
+                        _ => return Some(RoleChange::Unknown),
+                    };
+                    return Some(if is_role {
+                        RoleChange::Role {
+                            local: call.local,
+                            to,
+                        }
+                    } else {
+                        RoleChange::SessionAuthorization {
+                            local: call.local,
+                            to,
+                        }
+                    });
+                }
+            }
+            None
+        }
+    }
 }
 
 /// The `key='value'` pairs of a sqlcommenter comment body, values URL-decoded. Values are
@@ -608,32 +940,34 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Why a write is left alone.
-pub type Refusal = &'static str;
-
 /// The text appended to a write so it returns its before image, after image and
 /// `tableoid`. `pk` is the table's primary key (empty when it has none); `pg18` selects
 /// the exact `old`/`new` form. Returns the text and, when the before image cannot be
 /// taken, why.
-pub fn appendix(write: &Write, pk: &[String], pg18: bool) -> (String, Option<Refusal>) {
+pub fn appendix(write: &Write, pk: &[String], pg18: bool) -> (String, Option<GapReason>) {
     let r = &write.refname;
     let mut note = None;
     let (before, after) = if pg18 && !write.shadows_old_new {
-        ("to_jsonb(old.*)".to_string(), "to_jsonb(new.*)".to_string())
+        (
+            "pg_catalog.to_jsonb(old.*)".to_string(),
+            "pg_catalog.to_jsonb(new.*)".to_string(),
+        )
     } else {
-        let after = format!("to_jsonb({r}.*)");
+        let after = format!("pg_catalog.to_jsonb({r}.*)");
         match write.op {
-            WriteOp::Insert => ("NULL::jsonb".to_string(), after),
-            WriteOp::Delete => (after, "NULL::jsonb".to_string()),
+            WriteOp::Insert => ("NULL::pg_catalog.jsonb".to_string(), after),
+            WriteOp::Delete => (after, "NULL::pg_catalog.jsonb".to_string()),
             WriteOp::Update | WriteOp::Upsert => {
                 let before = if pk.is_empty() {
-                    note = Some("table has no primary key: before image unavailable");
-                    "NULL::jsonb".to_string()
+                    note = Some(GapReason::NoBeforeImage("table has no primary key"));
+                    "NULL::pg_catalog.jsonb".to_string()
                 } else if write.op == WriteOp::Update
                     && write.assigned.iter().any(|c| pk.contains(c))
                 {
-                    note = Some("UPDATE changes a primary-key column: before image unavailable");
-                    "NULL::jsonb".to_string()
+                    note = Some(GapReason::NoBeforeImage(
+                        "UPDATE changes a primary-key column",
+                    ));
+                    "NULL::pg_catalog.jsonb".to_string()
                 } else {
                     snapshot_subquery(&write.table_sql, r, pk)
                 };
@@ -663,7 +997,7 @@ fn snapshot_subquery(table_sql: &str, refname: &str, pk: &[String]) -> String {
             .join(", ")
     };
     format!(
-        "(SELECT to_jsonb(__flux_o.*) FROM {table_sql} __flux_o WHERE ({}) = ({}))",
+        "(SELECT pg_catalog.to_jsonb(__flux_o.*) FROM {table_sql} __flux_o WHERE ({}) = ({}))",
         cols("__flux_o"),
         cols(refname)
     )
@@ -768,7 +1102,7 @@ mod tests {
         assert!(matches!(
             kinds[8],
             Kind::Unimaged {
-                reason: "TRUNCATE",
+                reason: GapReason::Statement("TRUNCATE"),
                 ..
             }
         ));
@@ -783,15 +1117,19 @@ mod tests {
         assert_eq!(note, None);
         assert_eq!(
             text,
-            " RETURNING (SELECT to_jsonb(__flux_o.*) FROM public.users __flux_o WHERE (__flux_o.\"id\") = (u.\"id\")) AS __flux_b, to_jsonb(u.*) AS __flux_a, u.tableoid AS __flux_t"
+            " RETURNING (SELECT pg_catalog.to_jsonb(__flux_o.*) FROM public.users __flux_o WHERE (__flux_o.\"id\") = (u.\"id\")) AS __flux_b, pg_catalog.to_jsonb(u.*) AS __flux_a, u.tableoid AS __flux_t"
         );
         let (text, _) = appendix(&w, &["id".into()], true);
-        assert!(text.starts_with(" RETURNING to_jsonb(old.*) AS __flux_b, to_jsonb(new.*)"));
+        assert!(text.starts_with(
+            " RETURNING pg_catalog.to_jsonb(old.*) AS __flux_b, pg_catalog.to_jsonb(new.*)"
+        ));
         let (w, _) = write("UPDATE users SET id = 2 WHERE id = 1");
         assert!(appendix(&w, &["id".into()], false).1.is_some());
         let (w, _) = write("DELETE FROM users WHERE id = 1 RETURNING id");
         let (text, _) = appendix(&w, &[], false);
-        assert!(text.starts_with(", to_jsonb(users.*) AS __flux_b, NULL::jsonb"));
+        assert!(
+            text.starts_with(", pg_catalog.to_jsonb(users.*) AS __flux_b, NULL::pg_catalog.jsonb")
+        );
         let (w, _) = write("INSERT INTO t (a) VALUES (1) ON CONFLICT (a) DO UPDATE SET b = 2");
         assert_eq!(w.op, WriteOp::Upsert);
     }
@@ -849,5 +1187,126 @@ mod tests {
             analyze("UPDATE (").steps[0].kind,
             Kind::Unimaged { .. }
         ));
+    }
+
+    fn kinds(sql: &str) -> Vec<Kind> {
+        analyze(sql).steps.into_iter().map(|s| s.kind).collect()
+    }
+
+    fn roles(sql: &str) -> Vec<Option<RoleChange>> {
+        analyze(sql).steps.into_iter().map(|s| s.role).collect()
+    }
+
+    #[test]
+    fn semicolons_inside_parentheses_and_atomic_bodies_do_not_split() {
+        let rule = "CREATE RULE r AS ON DELETE TO t DO INSTEAD (DELETE FROM a; DELETE FROM b)";
+        assert_eq!(kinds(rule), [Kind::Ddl]);
+        let a = analyze(&format!("{rule}; INSERT INTO t VALUES (1)"));
+        assert_eq!(a.steps.len(), 2);
+        assert!(matches!(a.steps[1].kind, Kind::Write(_)));
+        let f = "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC \
+                 INSERT INTO t VALUES (1); SELECT CASE WHEN true THEN 1 END; END; \
+                 UPDATE t SET a = 1";
+        let k = kinds(f);
+        assert_eq!(k.len(), 2, "{k:?}");
+        assert_eq!(k[0], Kind::Ddl);
+        assert!(matches!(k[1], Kind::Write(_)));
+    }
+
+    #[test]
+    fn dml_inside_other_statements_is_never_a_write() {
+        for sql in [
+            "CREATE RULE r AS ON INSERT TO t DO ALSO INSERT INTO log VALUES (new.a)",
+            "CREATE FUNCTION f() RETURNS void AS $$ INSERT INTO t VALUES (1) $$ LANGUAGE sql",
+            "CREATE TABLE t2 AS SELECT * FROM t",
+            "ALTER TABLE t ADD COLUMN b int",
+            "GRANT INSERT ON t TO r1",
+        ] {
+            assert_eq!(kinds(sql), [Kind::Ddl], "{sql}");
+        }
+        assert_eq!(
+            kinds("DO $$ BEGIN UPDATE t SET a = 1; END $$"),
+            [Kind::Routine { writes: true }]
+        );
+        assert_eq!(
+            kinds("DO $$ BEGIN RAISE NOTICE 'x'; END $$"),
+            [Kind::Routine { writes: false }]
+        );
+        assert_eq!(kinds("CALL p(1)"), [Kind::Routine { writes: true }]);
+        assert_eq!(
+            kinds("PREPARE p(int) AS INSERT INTO s.t VALUES ($1)"),
+            [Kind::Prepare {
+                name: "p".into(),
+                write: Some(Some("s.t".into()))
+            }]
+        );
+        assert_eq!(
+            kinds("PREPARE q AS SELECT 1"),
+            [Kind::Prepare {
+                name: "q".into(),
+                write: None
+            }]
+        );
+        assert_eq!(kinds("EXECUTE p(1)"), [Kind::Execute("p".into())]);
+        assert_eq!(kinds("DEALLOCATE ALL"), [Kind::Deallocate(None)]);
+        assert!(matches!(
+            kinds("EXPLAIN (ANALYZE, COSTS OFF) DELETE FROM t").as_slice(),
+            [Kind::Unimaged { .. }]
+        ));
+        assert_eq!(kinds("EXPLAIN DELETE FROM t"), [Kind::Other]);
+    }
+
+    #[test]
+    fn role_changes_in_every_form() {
+        let role = |local, to: Option<&str>| {
+            Some(RoleChange::Role {
+                local,
+                to: to.map(str::to_string),
+            })
+        };
+        let auth = |local, to: Option<&str>| {
+            Some(RoleChange::SessionAuthorization {
+                local,
+                to: to.map(str::to_string),
+            })
+        };
+        assert_eq!(roles("SET ROLE r1"), [role(false, Some("r1"))]);
+        assert_eq!(
+            roles("set local role \"Mixed\""),
+            [role(true, Some("Mixed"))]
+        );
+        assert_eq!(roles("SET SESSION ROLE 'R2'"), [role(false, Some("R2"))]);
+        assert_eq!(roles("SET ROLE NONE"), [role(false, None)]);
+        assert_eq!(roles("SET role = r3"), [role(false, Some("r3"))]);
+        assert_eq!(roles("SET role TO DEFAULT"), [role(false, None)]);
+        assert_eq!(roles("RESET ROLE"), [role(false, None)]);
+        assert_eq!(
+            roles("SET SESSION AUTHORIZATION alice"),
+            [auth(false, Some("alice"))]
+        );
+        assert_eq!(
+            roles("SET SESSION SESSION AUTHORIZATION DEFAULT"),
+            [auth(false, None)]
+        );
+        assert_eq!(
+            roles("SET LOCAL session_authorization TO 'bob'"),
+            [auth(true, Some("bob"))]
+        );
+        assert_eq!(roles("RESET SESSION AUTHORIZATION"), [auth(false, None)]);
+        assert_eq!(roles("DISCARD ALL"), [Some(RoleChange::Discard)]);
+        assert_eq!(
+            roles("SELECT set_config('role', 'r4', true)"),
+            [role(true, Some("r4"))]
+        );
+        assert_eq!(
+            roles("SELECT set_config('role', $1, false)"),
+            [Some(RoleChange::Unknown)]
+        );
+        assert_eq!(
+            roles("DO $$ BEGIN EXECUTE 'SET ROLE x'; END $$"),
+            [Some(RoleChange::Unknown)]
+        );
+        assert_eq!(roles("SET search_path = a"), [None]);
+        assert_eq!(roles("RESET ALL"), [None], "role is not reset by RESET ALL");
     }
 }

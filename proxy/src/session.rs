@@ -28,7 +28,8 @@ use crate::frame::{FrameCursor, FrameError, Next};
 use crate::message::{self, backend_tag as bt, sqlstate, tag};
 use crate::pipeline::{Completion, Pipeline, Request, Rewritten, Started, Statement};
 use crate::plan::{self, StepPlan};
-use crate::rewrite::{self, Analysis, Kind};
+use crate::rewrite::{self, Analysis, Kind, RoleChange};
+use crate::role::{self, RoleState};
 use crate::server::{Shared, ShutdownSignal};
 use crate::startup::{self, AuthOutcome, Opening};
 use crate::stream::{ReadHalf, Stream, WriteHalf};
@@ -157,12 +158,19 @@ struct Planner {
     plans: HashMap<Bytes, CachedPlan>,
     catalog: Arc<Catalog>,
     target: catalog::Target,
+    /// Role changes forwarded but not yet answered (see [`crate::role`]).
+    pending_roles: Vec<RoleChange>,
+    /// DDL or a routine was forwarded and the session has not been idle since.
+    unsettled: bool,
+    /// SQL-`PREPARE`d writes by name.
+    prepared: HashMap<String, Option<String>>,
 }
 
-/// A plan made against one catalog snapshot; reused while that snapshot is current.
+/// A plan made against one catalog snapshot as one role; reused while both hold.
 /// Apps (and pgbench) send the same texts over and over, re-parsing unnamed statements.
 struct CachedPlan {
     snapshot: Arc<Snapshot>,
+    role: String,
     steps: Arc<[StepPlan]>,
     rewritten: Option<String>,
 }
@@ -193,9 +201,18 @@ impl Planner {
         &mut self,
         sql: &[u8],
         snapshot: Option<&Arc<Snapshot>>,
+        confirmed: &RoleState,
     ) -> (Option<Arc<[StepPlan]>>, Option<String>) {
-        if let (Some(cached), Some(current)) = (self.plans.get(sql), snapshot) {
-            if Arc::ptr_eq(&cached.snapshot, current) {
+        // A cached plan holds while nothing it did not see is in play: the same snapshot
+        // and role, no role change or DDL awaiting its answer.
+        let settled = self.pending_roles.is_empty() && !self.unsettled;
+        if let (Some(cached), Some(current), true, Some(role)) = (
+            self.plans.get(sql),
+            snapshot,
+            settled,
+            confirmed.effective(),
+        ) {
+            if Arc::ptr_eq(&cached.snapshot, current) && cached.role == role {
                 return (Some(cached.steps.clone()), cached.rewritten.clone());
             }
         }
@@ -209,19 +226,28 @@ impl Planner {
             .is_none()
             .then(|| self.catalog.last_error())
             .flatten();
-        let planned = plan::plan(
-            text,
-            &analysis,
-            trailing.as_deref(),
-            snapshot.map(|s| &**s),
-            error.as_deref(),
-        );
+        let mut cx = plan::Context {
+            snapshot: snapshot.map(|s| &**s),
+            catalog_error: error.as_deref(),
+            confirmed,
+            pending_roles: &mut self.pending_roles,
+            unsettled: &mut self.unsettled,
+            prepared: &mut self.prepared,
+        };
+        let planned = plan::plan(text, &analysis, trailing.as_deref(), &mut cx);
         if planned.unknown_table {
             self.catalog.invalidate();
         }
         // Texts carrying a per-request tag rarely repeat; plans that depend on a missing
-        // or stale catalog must be redone.
-        if let (None, false, Some(snapshot)) = (&trailing, planned.unknown_table, snapshot) {
+        // or stale catalog, or on session state, must be redone.
+        if let (None, false, true, true, Some(snapshot), Some(role)) = (
+            &trailing,
+            planned.unknown_table,
+            planned.reusable,
+            settled,
+            snapshot,
+            confirmed.effective(),
+        ) {
             if self.plans.len() >= ANALYSIS_CACHE {
                 self.plans.clear();
             }
@@ -229,6 +255,7 @@ impl Planner {
                 Bytes::copy_from_slice(sql),
                 CachedPlan {
                     snapshot: snapshot.clone(),
+                    role: role.to_string(),
                     steps: planned.steps.clone(),
                     rewritten: planned.sql.clone(),
                 },
@@ -393,9 +420,12 @@ async fn serve(
                 database: database.clone(),
                 user: user.clone(),
             },
+            pending_roles: Vec::new(),
+            unsettled: false,
+            prepared: HashMap::new(),
         });
         capture = Some(CaptureState {
-            tracker: Tracker::new(id),
+            tracker: Tracker::new(id, &user),
             catalog,
             database: database.clone(),
         });
@@ -566,20 +596,25 @@ async fn client_to_server(
         // A write to plan needs the catalog; reading it may wait on the side connection,
         // so it happens before the relay state is locked.
         let snapshot = match &mut planner {
-            Some(p) => snapshot_for(p, chunk, &frames).await,
+            Some(p) => snapshot_for(p, chunk, &frames, relay).await,
             None => None,
         };
         replaced.clear();
         {
             let mut r = lock(relay);
+            let r = &mut *r;
             for (i, &(t, at, size)) in frames.iter().enumerate() {
                 let frame = &chunk[at..at + size];
-                match &mut planner {
-                    None => r.pipeline.on_frontend(t, || untracked_request(t)),
-                    Some(p) => {
+                match (&mut planner, &r.capture) {
+                    (Some(p), Some(capture)) => {
+                        if r.pipeline.in_flight() == 0 {
+                            // Everything forwarded was answered: role changes are confirmed.
+                            p.pending_roles.clear();
+                        }
+                        let roles = capture.tracker.roles();
                         let mut replacement = None;
                         r.pipeline.on_frontend(t, || {
-                            let (req, new) = plan_frontend(t, frame, p, snapshot.as_ref());
+                            let (req, new) = plan_frontend(t, frame, p, snapshot.as_ref(), roles);
                             replacement = new;
                             req
                         });
@@ -587,6 +622,7 @@ async fn client_to_server(
                             replaced.push((i, replacement));
                         }
                     }
+                    _ => r.pipeline.on_frontend(t, || untracked_request(t)),
                 }
             }
             r.writing_up = true;
@@ -604,8 +640,41 @@ async fn client_to_server(
 }
 
 /// The catalog snapshot for planning this chunk: the cached one, or a fresh read when a
-/// write in the chunk needs it and the cache is missing or stale.
-async fn snapshot_for(p: &mut Planner, chunk: &[u8], frames: &FrameIndex) -> Option<Arc<Snapshot>> {
+/// write in the chunk needs it and the cache is missing or stale; with the privileges of
+/// every role the chunk's writes may run as.
+async fn snapshot_for(
+    p: &mut Planner,
+    chunk: &[u8],
+    frames: &FrameIndex,
+    relay: &Mutex<Relay>,
+) -> Option<Arc<Snapshot>> {
+    let roles = {
+        let r = lock(relay);
+        if p.unsettled && r.pipeline.is_idle() {
+            // The DDL is answered and its transaction over: read the catalog again
+            // (another session may have refreshed it before the DDL committed).
+            p.unsettled = false;
+            p.catalog.invalidate_now();
+        }
+        if r.pipeline.in_flight() == 0 {
+            p.pending_roles.clear();
+        }
+        r.capture
+            .as_ref()
+            .and_then(|c| role::candidates(c.tracker.roles(), &p.pending_roles))
+    };
+    let snapshot = snapshot_of(p, chunk, frames).await?;
+    for role in roles.iter().flatten() {
+        // The login role's privileges come with the snapshot; others are read once per
+        // snapshot, when first needed.
+        if !snapshot.knows_role(role) {
+            p.catalog.load_access(&p.target, &snapshot, role).await;
+        }
+    }
+    Some(snapshot)
+}
+
+async fn snapshot_of(p: &mut Planner, chunk: &[u8], frames: &FrameIndex) -> Option<Arc<Snapshot>> {
     // The usual case: the catalog is current and the frames need not be looked at.
     if let Some(fresh) = p.catalog.fresh() {
         return Some(fresh);
@@ -714,6 +783,7 @@ fn plan_frontend(
     frame: &[u8],
     p: &mut Planner,
     snapshot: Option<&Arc<Snapshot>>,
+    roles: &RoleState,
 ) -> (Option<Request>, Option<Bytes>) {
     // Frames are decoded in place; only names and SQL text, which outlive the read
     // buffer, are copied.
@@ -721,7 +791,7 @@ fn plan_frontend(
         tag::QUERY => {
             let sql = message::query_sql(frame).ok();
             let (steps, rewritten) = match sql {
-                Some(sql) => p.plan(sql, snapshot),
+                Some(sql) => p.plan(sql, snapshot, roles),
                 None => (None, None),
             };
             let mut statement =
@@ -733,7 +803,7 @@ fn plan_frontend(
         tag::PARSE => {
             let mut replacement = None;
             if let Ok((name, sql)) = message::parse_message(frame) {
-                let (steps, rewritten) = p.plan(sql, snapshot);
+                let (steps, rewritten) = p.plan(sql, snapshot, roles);
                 replacement = rewritten.and_then(|text| message::parse_with_sql(frame, &text).ok());
                 p.names.statements.insert(
                     Bytes::copy_from_slice(name),
@@ -896,7 +966,7 @@ async fn server_to_client(
                         capture
                             .tracker
                             .on_completion(step, tag.as_deref(), &mut events);
-                        if step.kind == Kind::Ddl && tag.is_some() {
+                        if matches!(step.kind, Kind::Ddl | Kind::Routine { .. }) && tag.is_some() {
                             shared.catalogs.invalidate_database(&capture.database);
                         }
                     }

@@ -22,6 +22,7 @@ use std::time::SystemTime;
 use crate::capture::{CaptureEvent, MutationEvent, Op, SessionId, TxOutcome};
 use crate::plan::{key_of, tag_rows, CapturePlan, Images, StepPlan};
 use crate::rewrite::{Kind, SetRequest, WriteOp};
+use crate::role::{RoleState, Saved};
 
 #[derive(Debug)]
 struct OpenTx {
@@ -29,32 +30,43 @@ struct OpenTx {
     /// Writes captured so far; the next write's `tx_index`.
     writes: u32,
     failed: bool,
-    savepoints: Vec<(String, u32)>,
+    /// Name, writes before it, role state at it.
+    savepoints: Vec<(String, u32, Saved)>,
     local_request: Option<String>,
+    /// The role state when the transaction began, restored if it rolls back.
+    roles_at_start: Saved,
 }
 
-/// Per-session transaction and request-id state.
+/// Per-session transaction, request-id and role state.
 #[derive(Debug)]
 pub struct Tracker {
     session: SessionId,
     next_tx: u64,
     open: Option<OpenTx>,
     session_request: Option<String>,
+    roles: RoleState,
 }
 
 impl Tracker {
-    /// A session outside any transaction.
-    pub fn new(session: SessionId) -> Self {
+    /// A session outside any transaction, logged in as `login`.
+    pub fn new(session: SessionId, login: &str) -> Self {
         Self {
             session,
             next_tx: 1,
             open: None,
             session_request: None,
+            roles: RoleState::new(login),
         }
+    }
+
+    /// The session's role state, as the server confirmed it.
+    pub fn roles(&self) -> &RoleState {
+        &self.roles
     }
 
     fn tx(&mut self) -> &mut OpenTx {
         let next = &mut self.next_tx;
+        let roles = &self.roles;
         self.open.get_or_insert_with(|| {
             let n = *next;
             *next += 1;
@@ -64,6 +76,7 @@ impl Tracker {
                 failed: false,
                 savepoints: Vec::new(),
                 local_request: None,
+                roles_at_start: roles.save(),
             }
         })
     }
@@ -140,14 +153,14 @@ impl Tracker {
                 request: self.request_for(step),
             });
         }
-        if let Some(note) = step.capture.as_ref().and_then(|c| c.before_note) {
+        if let Some(note) = step.capture.as_ref().and_then(|c| c.before_note.as_ref()) {
             if rows > 0 {
                 out.push(CaptureEvent::Gap {
                     session: self.session,
                     at: now,
                     table: step.capture.as_ref().map(|c| c.table.clone()),
                     count: rows,
-                    reason: note.to_string(),
+                    reason: note.clone(),
                     request: self.request_for(step),
                 });
             }
@@ -169,6 +182,11 @@ impl Tracker {
         if let Some(set) = &step.set_request {
             self.apply(set);
         }
+        if let Some(change) = &step.role {
+            // Opened first, so a rollback restores the state from before the change.
+            self.tx();
+            self.roles.apply(change);
+        }
         match &step.kind {
             Kind::Begin => {
                 self.tx();
@@ -185,11 +203,13 @@ impl Tracker {
             Kind::Savepoint(name) => {
                 let tx = self.tx();
                 let at = tx.writes;
-                tx.savepoints.push((name.clone(), at));
+                let saved = self.roles.save();
+                let tx = self.tx();
+                tx.savepoints.push((name.clone(), at, saved));
             }
             Kind::Release(name) => {
                 if let Some(tx) = &mut self.open {
-                    if let Some(i) = tx.savepoints.iter().rposition(|(n, _)| n == name) {
+                    if let Some(i) = tx.savepoints.iter().rposition(|(n, ..)| n == name) {
                         tx.savepoints.truncate(i);
                     }
                 }
@@ -197,8 +217,11 @@ impl Tracker {
             Kind::RollbackTo(name) => {
                 let session = self.session;
                 if let Some(tx) = &mut self.open {
-                    if let Some(i) = tx.savepoints.iter().rposition(|(n, _)| n == name) {
-                        let from = tx.savepoints.get(i).map_or(0, |(_, at)| *at);
+                    if let Some(i) = tx.savepoints.iter().rposition(|(n, ..)| n == name) {
+                        let from = tx.savepoints.get(i).map_or(0, |(_, at, _)| *at);
+                        if let Some((.., saved)) = tx.savepoints.get(i) {
+                            self.roles.restore(saved);
+                        }
                         tx.savepoints.truncate(i + 1);
                         tx.failed = false;
                         if tx.writes > from {
@@ -232,6 +255,12 @@ impl Tracker {
 
     fn end(&mut self, outcome: TxOutcome, out: &mut Vec<CaptureEvent>) {
         if let Some(tx) = self.open.take() {
+            match outcome {
+                TxOutcome::Committed => self.roles.end_transaction(),
+                TxOutcome::RolledBack | TxOutcome::Unknown => {
+                    self.roles.restore(&tx.roles_at_start)
+                }
+            }
             if tx.writes > 0 {
                 out.push(CaptureEvent::TxEnded {
                     session: self.session,
@@ -283,6 +312,7 @@ mod tests {
             kind,
             request_id: None,
             set_request: None,
+            role: None,
             capture: None,
             gap: None,
         }
@@ -328,7 +358,7 @@ mod tests {
 
     #[test]
     fn autocommit_explicit_failed_and_savepoints() {
-        let mut t = Tracker::new(1);
+        let mut t = Tracker::new(1, "app");
         let mut out = Vec::new();
         let (w, p) = write();
         // Autocommit write.
@@ -383,7 +413,7 @@ mod tests {
 
     #[test]
     fn request_ids_resolve_comment_then_local_then_session() {
-        let mut t = Tracker::new(1);
+        let mut t = Tracker::new(1, "app");
         let mut out = Vec::new();
         let set = |local, v: &str| {
             step(Kind::SetRequest(SetRequest {
@@ -405,5 +435,52 @@ mod tests {
         assert_eq!(t.request_for(&w).as_deref(), Some("sess"));
         t.on_completion(&step(Kind::DiscardAll), Some("DISCARD ALL"), &mut out);
         assert_eq!(t.request_for(&w), None);
+    }
+
+    #[test]
+    fn role_changes_follow_transactions() {
+        use crate::rewrite::RoleChange;
+        let mut t = Tracker::new(1, "app");
+        let mut out = Vec::new();
+        let mut set_role = step(Kind::Other);
+        set_role.role = Some(RoleChange::Role {
+            local: false,
+            to: Some("r1".into()),
+        });
+        // BEGIN; SET ROLE r1; ROLLBACK → app.
+        t.on_completion(&step(Kind::Begin), Some("BEGIN"), &mut out);
+        t.on_completion(&set_role, Some("SET"), &mut out);
+        assert_eq!(t.roles().effective(), Some("r1"));
+        t.on_completion(&step(Kind::Rollback), Some("ROLLBACK"), &mut out);
+        assert_eq!(t.roles().effective(), Some("app"));
+        // SET ROLE r1 in autocommit sticks.
+        t.on_completion(&set_role, Some("SET"), &mut out);
+        t.on_ready(b'I', &mut out);
+        assert_eq!(t.roles().effective(), Some("r1"));
+        // A failed SET changes nothing.
+        let mut reset = step(Kind::Other);
+        reset.role = Some(RoleChange::Role {
+            local: false,
+            to: None,
+        });
+        t.on_completion(&reset, None, &mut out);
+        t.on_ready(b'I', &mut out);
+        assert_eq!(t.roles().effective(), Some("r1"));
+        // BEGIN; SAVEPOINT s; RESET ROLE; ROLLBACK TO s; COMMIT → r1.
+        t.on_completion(&step(Kind::Begin), Some("BEGIN"), &mut out);
+        t.on_completion(
+            &step(Kind::Savepoint("s".into())),
+            Some("SAVEPOINT"),
+            &mut out,
+        );
+        t.on_completion(&reset, Some("RESET"), &mut out);
+        assert_eq!(t.roles().effective(), Some("app"));
+        t.on_completion(
+            &step(Kind::RollbackTo("s".into())),
+            Some("ROLLBACK"),
+            &mut out,
+        );
+        t.on_completion(&step(Kind::Commit), Some("COMMIT"), &mut out);
+        assert_eq!(t.roles().effective(), Some("r1"));
     }
 }

@@ -148,6 +148,18 @@ fn capture_decoders_and_analysis_survive_any_input() {
         "rollback to s",
         "with x as (",
         "select set_config('flux.request_id', 'r', true)",
+        "set role ",
+        "set session authorization ",
+        "reset ",
+        "prepare p as ",
+        "execute p",
+        "create rule r as on insert to t do instead (",
+        "begin atomic ",
+        " end",
+        "do $$ ",
+        "(",
+        ")",
+        "select set_config('role', ",
         "traceparent='00-",
         ",",
     ];
@@ -161,7 +173,17 @@ fn capture_decoders_and_analysis_survive_any_input() {
             assert!(step.insert_at <= sql.len() && sql.is_char_boundary(step.insert_at));
         }
         let _ = rewrite::split_trailing_comment(&sql);
-        let _ = plan::plan(&sql, &a, None, None, None);
+        let confirmed = flux_proxy::role::RoleState::new("app");
+        let (mut pending, mut unsettled, mut prepared) = (Vec::new(), false, Default::default());
+        let mut cx = plan::Context {
+            snapshot: None,
+            catalog_error: None,
+            confirmed: &confirmed,
+            pending_roles: &mut pending,
+            unsettled: &mut unsettled,
+            prepared: &mut prepared,
+        };
+        let _ = plan::plan(&sql, &a, None, &mut cx);
         let row = framed(&mut rng, b'D');
         let _ = plan::split_data_row(&row, rng.below(2) == 0, rng.below(2) == 0);
         let _ = plan::strip_row_description(&framed(&mut rng, b'T'));

