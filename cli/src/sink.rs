@@ -43,6 +43,7 @@ enum LostKind {
     Outcome,
     Gap,
     Statement,
+    Span,
 }
 
 impl LostKind {
@@ -52,6 +53,7 @@ impl LostKind {
             Record::Tx(_) => (None, LostKind::Outcome),
             Record::Gap(g) => (g.table.clone(), LostKind::Gap),
             Record::Statement(_) => (None, LostKind::Statement),
+            Record::Span(_) => (None, LostKind::Span),
         }
     }
 
@@ -61,6 +63,7 @@ impl LostKind {
             LostKind::Outcome => "the store lagged or failed; transaction outcomes were not recorded, so rows written then may show as in progress",
             LostKind::Gap => "the store lagged or failed; notes about writes that were not captured were lost too",
             LostKind::Statement => "the store lagged or failed; statements of requests were not recorded",
+            LostKind::Span => "the store lagged or failed; spans of requests were not recorded",
         }
     }
 }
