@@ -4,5 +4,11 @@
 //!   files) decoded and validated into store spans.
 //! - [`http`]: the OTLP/HTTP receiver (`POST /v1/traces`) `flux proxy --otlp` serves.
 
+// Library code never panics on what it is given: errors are returned, not unwrapped.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod http;
 pub mod otlp;

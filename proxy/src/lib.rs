@@ -10,6 +10,12 @@
 //! - [`server`]: the listener, shutdown, counters.
 //! - [`capture`]: the events a session emits and the sink that takes them.
 
+// Library code never panics on what it is given: errors are returned, not unwrapped.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod capture;
 pub mod catalog;
 pub mod frame;

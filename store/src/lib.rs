@@ -11,6 +11,12 @@
 //! It knows nothing of the wire protocol: the daemon turns the proxy's capture events
 //! into these records.
 
+// Library code never panics on what it is given: errors are returned, not unwrapped.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod db;
 pub mod keys;
 pub mod model;
