@@ -2,7 +2,6 @@
 //! together and renders; the logic lives in `flux-proxy`, `flux-store` and `flux-ingest`.
 
 mod commands;
-mod sink;
 
 use std::process::ExitCode;
 

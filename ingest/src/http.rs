@@ -25,11 +25,25 @@ use crate::otlp::{self, Encoding, MAX_PAYLOAD};
 /// Where decoded spans go. The daemon's sink hands them to the store writer.
 pub trait SpanSink: Send + Sync + 'static {
     /// Stores spans; resolves once they are written, or fails when the store cannot take
-    /// them now.
+    /// them now (the exporter is asked to retry).
     fn accept(
         &self,
         spans: Vec<Span>,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>;
+}
+
+/// Why a sink could not store an export now.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The writer's queue is full.
+    #[error("the store is busy: {0}")]
+    Busy(String),
+    /// Writing failed.
+    #[error("writing spans: {0}")]
+    Write(String),
+    /// The writer has stopped.
+    #[error("the store writer has stopped")]
+    Stopped,
 }
 
 /// Serves OTLP/HTTP on `listener` until `shutdown` resolves.

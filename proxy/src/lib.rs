@@ -1,14 +1,19 @@
 //! `flux-proxy`: a PostgreSQL wire-protocol proxy that relays sessions byte for byte and
 //! reports what it sees to a capture sink.
 //!
-//! - [`frame`]: finding message boundaries, enforcing the size limit.
-//! - [`message`]: decoding the few messages the proxy reads; encoding its own errors.
+//! Two layers. The relay, which alone must be transparent:
+//! - [`server`]: the listener, one task per session, shutdown.
+//! - [`session`]: one connection's life: startup, the relay, its end.
 //! - [`startup`]: TLS negotiation, `StartupMessage`/`CancelRequest`, the auth relay.
+//! - [`relay`]: the two relay loops and their per-frame seams, with the pass-through one.
 //! - [`pipeline`]: the per-connection FIFO matching responses to requests.
-//! - [`session`]: one client session, two relay loops in one task.
-//! - [`upstream`]: the database address, TLS per `sslmode`, connecting.
-//! - [`server`]: the listener, shutdown, counters.
-//! - [`capture`]: the events a session emits and the sink that takes them.
+//! - [`frame`] / [`message`]: message boundaries and the size limit; decoding the few
+//!   messages the proxy reads, encoding its own errors.
+//! - [`upstream`] / [`stream`]: the database address, TLS per `sslmode`, connecting.
+//! - [`config`], [`shared`], [`error`]: configuration, what sessions share, why one ended.
+//!
+//! And [`capture`], behind the relay's seams: statement analysis and rewriting, the
+//! catalog, roles, transactions, and the events it hands to an [`EventSink`].
 
 // Library code never panics on what it is given: errors are returned, not unwrapped.
 #![cfg_attr(
@@ -17,20 +22,21 @@
 )]
 
 pub mod capture;
-pub mod catalog;
+pub mod config;
+pub(crate) mod error;
 pub mod frame;
 pub mod message;
 pub mod pipeline;
-pub mod plan;
-pub mod rewrite;
-pub mod role;
+pub(crate) mod relay;
 pub mod server;
-pub mod session;
+pub(crate) mod session;
+pub(crate) mod shared;
 pub mod startup;
 pub mod stream;
-pub mod txn;
 pub mod upstream;
 
 pub use capture::{CaptureEvent, EventSink};
-pub use server::{client_tls_config, Proxy, ProxyConfig, ProxyError, Stats};
+pub use config::{client_tls_config, ProxyConfig, ProxyError};
+pub use server::Proxy;
+pub use shared::Stats;
 pub use upstream::{SslMode, Upstream};

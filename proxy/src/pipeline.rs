@@ -24,8 +24,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::capture::plan::{CapturePlan, StepPlan};
 use crate::message::{backend_tag as bt, tag};
-use crate::plan::{CapturePlan, StepPlan};
 
 /// A forwarded frontend message that the server will answer.
 #[derive(Debug, Clone)]

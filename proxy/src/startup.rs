@@ -7,9 +7,9 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::error::SessionError;
 use crate::frame::{self, FrameError, MAX_STARTUP_PACKET};
 use crate::message::{self, backend_tag as bt};
-use crate::session::SessionError;
 use crate::stream::Stream;
 
 const SSL_REQUEST: u32 = 80_877_103;

@@ -122,7 +122,7 @@ fn fifo_survives_any_message_order() {
 
 #[test]
 fn capture_decoders_and_analysis_survive_any_input() {
-    use flux_proxy::{plan, rewrite};
+    use flux_proxy::capture::{plan, rewrite};
     let mut rng = Rng(0xfeed_beef);
     // Pieces of SQL, glued at random, so the parser sees near-valid statements too.
     let pieces = [
@@ -173,7 +173,7 @@ fn capture_decoders_and_analysis_survive_any_input() {
             assert!(step.insert_at <= sql.len() && sql.is_char_boundary(step.insert_at));
         }
         let _ = rewrite::split_trailing_comment(&sql);
-        let confirmed = flux_proxy::role::RoleState::new("app");
+        let confirmed = flux_proxy::capture::role::RoleState::new("app");
         let (mut pending, mut unsettled, mut prepared) = (Vec::new(), false, Default::default());
         let mut cx = plan::Context {
             snapshot: None,

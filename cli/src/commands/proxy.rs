@@ -11,7 +11,7 @@ use clap::Args;
 use flux_proxy::{EventSink, Proxy, ProxyConfig, Upstream};
 use flux_store::{Durability, Store, Writer, WriterConfig};
 
-use crate::sink::{SpanWriter, StoreSink};
+use flux_recorder::{SpanWriter, StoreSink};
 use tokio_util::sync::CancellationToken;
 
 /// Arguments of `flux proxy`.

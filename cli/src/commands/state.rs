@@ -11,7 +11,7 @@ use flux_store::query::MutationView;
 use flux_store::{blame, Gap, HistoryEntry, Nanos, Outcome, Store};
 use serde_json::{json, Value};
 
-use crate::sink::nanos;
+use flux_recorder::nanos;
 
 /// `flux state …`.
 #[derive(Debug, Subcommand)]

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::state::{local, one_line, open, short, Format};
 use super::trace::duration;
-use crate::sink::nanos;
+use flux_recorder::nanos;
 
 /// `flux tail`.
 #[derive(Debug, Args)]

@@ -19,10 +19,10 @@
 
 use std::time::SystemTime;
 
-use crate::capture::{CaptureEvent, MutationEvent, Op, SessionId, TxOutcome};
-use crate::plan::{key_of, tag_rows, CapturePlan, Images, StepPlan};
-use crate::rewrite::{Kind, SetRequest, WriteOp};
-use crate::role::{RoleState, Saved};
+use crate::capture::event::{CaptureEvent, MutationEvent, Op, SessionId, TxOutcome};
+use crate::capture::plan::{key_of, tag_rows, CapturePlan, Images, StepPlan};
+use crate::capture::rewrite::{Kind, SetRequest, WriteOp};
+use crate::capture::role::{RoleState, Saved};
 
 #[derive(Debug)]
 struct OpenTx {
@@ -303,7 +303,7 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rewrite::WriteOp;
+    use crate::capture::rewrite::WriteOp;
     use std::sync::Arc;
 
     fn step(kind: Kind) -> StepPlan {
@@ -439,7 +439,7 @@ mod tests {
 
     #[test]
     fn role_changes_follow_transactions() {
-        use crate::rewrite::RoleChange;
+        use crate::capture::rewrite::RoleChange;
         let mut t = Tracker::new(1, "app");
         let mut out = Vec::new();
         let mut set_role = step(Kind::Other);

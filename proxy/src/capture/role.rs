@@ -8,12 +8,12 @@
 //!
 //! Two views are kept. [`RoleState`] is exact: the response side applies each role
 //! change once the server confirmed it, in execution order, with the transaction
-//! boundaries [`crate::txn::Tracker`] sees. The planner works ahead of the server (a
+//! boundaries [`crate::capture::txn::Tracker`] sees. The planner works ahead of the server (a
 //! pipeline may hold a `SET ROLE` and a write before either is answered), so it plans
 //! against [`candidates`]: the confirmed role plus every role a pending change may lead
 //! to, and rewrites a write only when all of them may read it.
 
-use crate::rewrite::RoleChange;
+use crate::capture::rewrite::RoleChange;
 
 /// The role settings at one moment: `SET SESSION AUTHORIZATION` and `SET ROLE`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -219,6 +219,29 @@ fn refusal(relkind: &str, has_rules: bool, odd_children: bool) -> Option<&'stati
     }
 }
 
+/// Why the catalog could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    /// The side connection could not be opened.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// Logging in or the query failed.
+    #[error("{0}")]
+    Query(String),
+    /// The server did not answer in time.
+    #[error("timed out")]
+    TimedOut,
+    /// No connection (a previous attempt failed).
+    #[error("no connection")]
+    NoConnection,
+}
+
+impl From<tokio_postgres::Error> for CatalogError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        CatalogError::Query(e.to_string())
+    }
+}
+
 /// Where and as whom to read one database's catalog.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -242,7 +265,7 @@ pub struct Catalog {
     /// DDL ran: refresh even if the last attempt was recent.
     forced: AtomicBool,
     refresher: tokio::sync::Mutex<Refresher>,
-    last_error: Mutex<Option<String>>,
+    last_error: Mutex<Option<CatalogError>>,
 }
 
 #[derive(Default)]
@@ -278,7 +301,7 @@ impl Catalog {
     }
 
     /// Why the last read failed, if it did.
-    pub fn last_error(&self) -> Option<String> {
+    pub fn last_error(&self) -> Option<CatalogError> {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
 
@@ -314,7 +337,7 @@ impl Catalog {
             outcome => {
                 let reason = match outcome {
                     Ok(Err(e)) => e,
-                    _ => "timed out".to_string(),
+                    Ok(Ok(_)) | Err(_) => CatalogError::TimedOut,
                 };
                 tracing::warn!(
                     database = %target.database,
@@ -346,7 +369,7 @@ impl Catalog {
             if r.client.as_ref().is_none_or(|c| c.is_closed()) {
                 r.client = Some(connect(target).await?);
             }
-            let client = r.client.as_ref().ok_or("no connection")?;
+            let client = r.client.as_ref().ok_or(CatalogError::NoConnection)?;
             match client.query(ACCESS_SQL, &[&role]).await {
                 Ok(rows) => Ok(Some(
                     rows.iter()
@@ -356,7 +379,7 @@ impl Catalog {
                 )),
                 // `role "x" does not exist` (42704): nothing is readable as it.
                 Err(e) if e.code().is_some_and(|c| c.code() == "42704") => Ok(None),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(CatalogError::from(e)),
             }
         };
         match tokio::time::timeout(target.timeout * 2, read).await {
@@ -368,7 +391,7 @@ impl Catalog {
             outcome => {
                 let reason = match outcome {
                     Ok(Err(e)) => e,
-                    _ => "timed out".to_string(),
+                    Ok(Ok(_)) | Err(_) => CatalogError::TimedOut,
                 };
                 tracing::warn!(
                     role,
@@ -380,38 +403,32 @@ impl Catalog {
     }
 }
 
-async fn read(r: &mut Refresher, target: &Target) -> Result<Snapshot, String> {
+async fn read(r: &mut Refresher, target: &Target) -> Result<Snapshot, CatalogError> {
     if r.client.as_ref().is_none_or(|c| c.is_closed()) {
         r.client = Some(connect(target).await?);
     }
-    let client = r.client.as_ref().ok_or("no connection")?;
-    let rows = client
-        .query(TABLES_SQL, &[&target.user])
-        .await
-        .map_err(|e| e.to_string())?;
+    let client = r.client.as_ref().ok_or(CatalogError::NoConnection)?;
+    let rows = client.query(TABLES_SQL, &[&target.user]).await?;
     let mut version = 0;
     let mut tables = Vec::with_capacity(rows.len());
     for row in rows {
-        let cell = |e: tokio_postgres::Error| e.to_string();
-        let oid: i64 = row.try_get(0).map_err(cell)?;
-        let root: i64 = row.try_get(6).map_err(cell)?;
-        version = row.try_get(7).map_err(cell)?;
+        let oid: i64 = row.try_get(0)?;
+        let root: i64 = row.try_get(6)?;
+        version = row.try_get(7)?;
         tables.push(TableInfo {
             oid: u32::try_from(oid).unwrap_or_default(),
-            schema: row.try_get(1).map_err(cell)?,
-            name: row.try_get(2).map_err(cell)?,
-            pk: row.try_get(3).map_err(cell)?,
-            rls: row.try_get(4).map_err(cell)?,
-            can_select: row.try_get(5).map_err(cell)?,
+            schema: row.try_get(1)?,
+            name: row.try_get(2)?,
+            pk: row.try_get(3)?,
+            rls: row.try_get(4)?,
+            can_select: row.try_get(5)?,
             root: u32::try_from(root).unwrap_or_default(),
-            triggers: row.try_get(8).map_err(cell)?,
-            cascades_to: row.try_get(9).map_err(cell)?,
+            triggers: row.try_get(8)?,
+            cascades_to: row.try_get(9)?,
             refusal: refusal(
-                row.try_get::<_, String>(10).map_err(cell)?.as_str(),
-                row.try_get(11).map_err(cell)?,
-                row.try_get::<_, Option<bool>>(12)
-                    .map_err(cell)?
-                    .unwrap_or(false),
+                row.try_get::<_, String>(10)?.as_str(),
+                row.try_get(11)?,
+                row.try_get::<_, Option<bool>>(12)?.unwrap_or(false),
             ),
         });
     }
@@ -419,19 +436,18 @@ async fn read(r: &mut Refresher, target: &Target) -> Result<Snapshot, String> {
         // An empty database: ask for the version on its own.
         let row = client
             .query_one("SELECT current_setting('server_version_num')::int4", &[])
-            .await
-            .map_err(|e| e.to_string())?;
-        version = row.try_get(0).map_err(|e| e.to_string())?;
+            .await?;
+        version = row.try_get(0)?;
     }
     Ok(Snapshot::new(version, &target.user, tables))
 }
 
-async fn connect(target: &Target) -> Result<tokio_postgres::Client, String> {
+async fn connect(target: &Target) -> Result<tokio_postgres::Client, CatalogError> {
     let stream = target
         .upstream
         .connect(target.tls.as_ref(), target.timeout)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| CatalogError::Connect(e.to_string()))?;
     let mut config = tokio_postgres::Config::new();
     config
         .user(&target.user)
@@ -442,10 +458,7 @@ async fn connect(target: &Target) -> Result<tokio_postgres::Client, String> {
     if let Some(password) = &target.upstream.password {
         config.password(password);
     }
-    let (client, connection) = config
-        .connect_raw(stream, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (client, connection) = config.connect_raw(stream, tokio_postgres::NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("catalog connection ended: {e}");

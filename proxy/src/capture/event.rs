@@ -177,8 +177,8 @@ pub enum GapReason {
     Routine(&'static str),
     /// `EXECUTE` of a write prepared with SQL `PREPARE`.
     Prepared(String),
-    /// `pg_catalog` could not be read.
-    CatalogUnreadable(String),
+    /// `pg_catalog` could not be read (`None`: not read yet).
+    CatalogUnreadable(Option<crate::capture::catalog::CatalogError>),
     /// The table is not in the catalog snapshot.
     TableNotFound,
     /// An unqualified name found in several schemas whose tables capture treats differently.
@@ -230,7 +230,8 @@ impl std::fmt::Display for GapReason {
             GapReason::Prepared(name) => {
                 write!(f, "EXECUTE of the SQL-prepared write {name} is not captured")
             }
-            GapReason::CatalogUnreadable(why) => write!(f, "pg_catalog unreadable: {why}"),
+            GapReason::CatalogUnreadable(Some(why)) => write!(f, "pg_catalog unreadable: {why}"),
+            GapReason::CatalogUnreadable(None) => f.write_str("pg_catalog not read yet"),
             GapReason::TableNotFound => f.write_str("table not found in pg_catalog"),
             GapReason::Ambiguous => f.write_str(
                 "table name found in several schemas that capture treats differently; search_path decides",

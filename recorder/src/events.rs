@@ -1,4 +1,4 @@
-//! Wires the proxy's capture events to the store's writer.
+//! The proxy's capture events into the store's writer.
 //!
 //! Fail-open (DESIGN §3): `emit` never blocks. When the writer's queue is full or the
 //! writer has stopped, the records are counted per table and, as soon as the writer
@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
+
+use crate::nanos;
 
 use flux_proxy::capture::{CaptureEvent, Durable, MutationEvent, Op as ProxyOp, TxOutcome};
 use flux_proxy::EventSink;
@@ -19,13 +21,6 @@ use flux_store::{
 /// How long a strict commit waits for its records before the proxy answers anyway
 /// (fail-open: a wedged store must not wedge the database's clients).
 const DURABLE_WAIT: Duration = Duration::from_secs(5);
-
-/// Nanoseconds since the Unix epoch.
-pub fn nanos(t: SystemTime) -> Nanos {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as Nanos)
-        .unwrap_or(0)
-}
 
 /// Records were lost between `since` and `until`: counted by table (where the record
 /// names one) and kind.
@@ -154,7 +149,7 @@ impl StoreSink {
                 request: Some(request),
                 ..
             } => Record::Statement(StatementRecord {
-                parent_span: flux_proxy::rewrite::sqlcommenter_traceparent(&sql)
+                parent_span: flux_proxy::capture::rewrite::sqlcommenter_traceparent(&sql)
                     .filter(|(trace, _)| *trace == request)
                     .map(|(_, span)| span),
                 request,
@@ -291,37 +286,6 @@ impl EventSink for StoreSink {
                 ),
             }
         }))
-    }
-}
-
-/// Hands the application's spans (from OTLP) to the store writer and answers once they
-/// are written, so the exporter's success means stored.
-pub struct SpanWriter {
-    writer: WriterHandle,
-}
-
-impl SpanWriter {
-    /// Spans go through `writer`.
-    pub fn new(writer: WriterHandle) -> Self {
-        SpanWriter { writer }
-    }
-}
-
-impl flux_ingest::http::SpanSink for SpanWriter {
-    fn accept(
-        &self,
-        spans: Vec<flux_store::Span>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
-        let records = spans.into_iter().map(Record::Span).collect();
-        let ack = self.writer.write_durable(records);
-        Box::pin(async move {
-            let ack = ack.map_err(|e| e.to_string())?;
-            match ack.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(format!("writing spans: {e}")),
-                Err(_) => Err("the store writer has stopped".to_string()),
-            }
-        })
     }
 }
 

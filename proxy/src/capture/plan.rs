@@ -12,10 +12,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use std::collections::HashMap;
 
-use crate::capture::GapReason;
-use crate::catalog::{Lookup, Snapshot, TableInfo};
-use crate::rewrite::{self, Analysis, Kind, RoleChange, SetRequest, WriteOp, CAPTURE_COLUMNS};
-use crate::role::{self, RoleState};
+use crate::capture::catalog::{CatalogError, Lookup, Snapshot, TableInfo};
+use crate::capture::event::GapReason;
+use crate::capture::rewrite::{
+    self, Analysis, Kind, RoleChange, SetRequest, WriteOp, CAPTURE_COLUMNS,
+};
+use crate::capture::role::{self, RoleState};
 
 /// The session's decision for one statement, carried with it through the response FIFO.
 #[derive(Debug, Clone)]
@@ -39,7 +41,7 @@ pub struct StepPlan {
 /// A write the proxy rewrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CapturePlan {
-    /// The table as the store names it (see [`crate::catalog::display_name`]).
+    /// The table as the store names it (see [`crate::capture::catalog::display_name`]).
     pub table: String,
     /// Its `pg_class` oid: rows whose `tableoid` differs went elsewhere (a partition).
     pub oid: u32,
@@ -88,7 +90,7 @@ pub struct Context<'a> {
     /// The catalog snapshot; `None` when it could not be read (`catalog_error` says why).
     pub snapshot: Option<&'a Snapshot>,
     /// Why the catalog could not be read.
-    pub catalog_error: Option<&'a str>,
+    pub catalog_error: Option<&'a CatalogError>,
     /// The confirmed role state.
     pub confirmed: &'a RoleState,
     /// Role changes planned but not yet answered (the planner appends this string's).
@@ -238,9 +240,7 @@ fn decide(
         return Err(GapReason::CatalogUnsettled);
     }
     let Some(s) = cx.snapshot else {
-        return Err(GapReason::CatalogUnreadable(
-            cx.catalog_error.unwrap_or("not read yet").to_string(),
-        ));
+        return Err(GapReason::CatalogUnreadable(cx.catalog_error.cloned()));
     };
     let (t, all) = match s.lookup(&write.table) {
         Lookup::Missing => {
@@ -421,7 +421,7 @@ pub fn tag_rows(tag: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::TableInfo;
+    use crate::capture::catalog::TableInfo;
 
     fn table(oid: u32, name: &str) -> TableInfo {
         TableInfo {
@@ -463,9 +463,10 @@ mod tests {
     impl Session {
         fn plan(&mut self, sql: &str, snapshot: Option<&Snapshot>) -> Planned {
             let confirmed = RoleState::new("app");
+            let error = CatalogError::Query("password authentication failed".into());
             let mut cx = Context {
                 snapshot,
-                catalog_error: Some("password authentication failed"),
+                catalog_error: Some(&error),
                 confirmed: &confirmed,
                 pending_roles: &mut self.pending,
                 unsettled: &mut self.unsettled,

@@ -18,7 +18,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer, Whitespace};
 
-pub use crate::capture::GapReason;
+pub use crate::capture::event::GapReason;
 
 /// How many columns the rewrite appends to a write's result: before image, after image
 /// and the row's `tableoid`.

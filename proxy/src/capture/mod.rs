@@ -1,0 +1,24 @@
+//! Capture: the layer behind the relay's seams that records what each write did.
+//!
+//! - [`event`]: what capture reports ([`CaptureEvent`], typed [`GapReason`]s) and the
+//!   [`EventSink`] that takes it.
+//! - [`rewrite`]: statement analysis (`sqlparser`) and the appended `RETURNING`.
+//! - [`catalog`]: primary keys, relation kinds, rules and per-role SELECT privilege from
+//!   `pg_catalog`.
+//! - [`role`]: the session's effective role, exact and as the planner must assume it.
+//! - [`plan`]: per-statement decisions (rewrite or gap) and reading images back.
+//! - [`txn`]: transactions, savepoints, request ids and roles as the server confirms them.
+//! - [`layer`]: the relay seams ([`crate::relay::ClientSide`],
+//!   [`crate::relay::ServerSide`]) that put the above to work per frame.
+
+pub mod catalog;
+pub mod event;
+pub(crate) mod layer;
+pub mod plan;
+pub mod rewrite;
+pub mod role;
+pub mod txn;
+
+pub use event::{
+    CaptureEvent, Durable, EventSink, GapReason, MutationEvent, Op, SessionId, TxOutcome,
+};

@@ -1,0 +1,118 @@
+//! What every session of one proxy shares: configuration, TLS, the capture sink and
+//! catalogs, counters, and the shutdown signal.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::task::AtomicWaker;
+
+use crate::capture::catalog::Catalogs;
+use crate::capture::event::EventSink;
+use crate::config::ProxyConfig;
+use crate::upstream::Upstream;
+
+/// Counters, readable while the proxy runs.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Sessions open now (client connections being served, including startup).
+    pub sessions_active: AtomicU64,
+    /// Connections accepted since start.
+    pub sessions_total: AtomicU64,
+    /// Sessions closed for a client protocol violation.
+    pub protocol_errors: AtomicU64,
+    /// Sessions closed because the upstream failed or could not be reached.
+    pub upstream_errors: AtomicU64,
+    /// `CancelRequest`s forwarded upstream.
+    pub cancels_forwarded: AtomicU64,
+}
+
+/// State shared by all sessions.
+pub(crate) struct Shared {
+    pub config: ProxyConfig,
+    pub client_tls: Option<tokio_rustls::TlsAcceptor>,
+    pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
+    pub sink: Option<Arc<dyn EventSink>>,
+    pub stats: Arc<Stats>,
+    pub shutdown: Shutdown,
+    pub channel_binding_hint: Arc<str>,
+    /// Primary keys and access per database and role, for capture.
+    pub catalogs: Arc<Catalogs>,
+    /// The upstream, shared with catalog connections.
+    pub upstream: Arc<Upstream>,
+}
+
+/// Tells sessions to close at their next idle point.
+///
+/// Every session polls its signal on each wakeup, so polling must cost no more than an
+/// atomic load and a waker registration; a shared `CancellationToken` takes a mutex
+/// shared by all sessions on every poll. Sessions register here on start; the registry's
+/// lock is taken only when a session starts or ends, and once at shutdown.
+#[derive(Default)]
+pub(crate) struct Shutdown {
+    started: AtomicBool,
+    sessions: Mutex<HashMap<u64, Arc<SignalState>>>,
+    next: AtomicU64,
+}
+
+#[derive(Default)]
+struct SignalState {
+    requested: AtomicBool,
+    waker: AtomicWaker,
+}
+
+/// One session's view of [`Shutdown`]; deregisters on drop.
+pub(crate) struct ShutdownSignal<'a> {
+    owner: &'a Shutdown,
+    id: u64,
+    state: Arc<SignalState>,
+}
+
+impl Shutdown {
+    pub(crate) fn register(&self) -> ShutdownSignal<'_> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(SignalState::default());
+        self.lock().insert(id, state.clone());
+        // A session registering after shutdown began must still see it.
+        if self.started.load(Ordering::Acquire) {
+            state.requested.store(true, Ordering::Release);
+        }
+        ShutdownSignal {
+            owner: self,
+            id,
+            state,
+        }
+    }
+
+    pub(crate) fn trigger(&self) {
+        self.started.store(true, Ordering::Release);
+        for state in self.lock().values() {
+            state.requested.store(true, Ordering::Release);
+            state.waker.wake();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<SignalState>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ShutdownSignal<'_> {
+    /// Resolves once shutdown has been requested.
+    pub(crate) fn requested(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            self.state.waker.register(cx.waker());
+            if self.state.requested.load(Ordering::Acquire) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+    }
+}
+
+impl Drop for ShutdownSignal<'_> {
+    fn drop(&mut self) {
+        self.owner.lock().remove(&self.id);
+    }
+}

@@ -1,0 +1,30 @@
+//! `flux-recorder`: what the proxy and the OTLP receiver observe, into the store.
+//!
+//! - [`events`]: capture events into records through the store's bounded writer. Fail-open
+//!   (the proxy never waits on a lagging store; every record it drops is counted and
+//!   written as a gap once the writer accepts again), and the durability policy (strict:
+//!   a commit's answer waits until its records are synced).
+//! - [`spans`]: OTLP spans into the writer, acknowledged once written.
+
+// Library code never panics on what it is given: errors are returned, not unwrapped.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use flux_store::Nanos;
+
+pub mod events;
+pub mod spans;
+
+pub use events::StoreSink;
+pub use spans::SpanWriter;
+
+/// Nanoseconds since the Unix epoch (0 before it).
+pub fn nanos(t: SystemTime) -> Nanos {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as Nanos)
+        .unwrap_or(0)
+}
