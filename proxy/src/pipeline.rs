@@ -385,6 +385,11 @@ impl Pipeline {
         self.tx_status
     }
 
+    /// Whether any request awaits an answer (cheaper than [`Pipeline::in_flight`]).
+    pub fn awaiting(&self) -> bool {
+        self.queue.iter().any(|r| !matches!(r, Request::CopyEnd))
+    }
+
     /// Requests awaiting an answer.
     pub fn in_flight(&self) -> usize {
         self.queue

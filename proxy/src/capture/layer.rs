@@ -225,18 +225,20 @@ impl ClientSide for Planner {
     }
 
     fn frame(&mut self, t: u8, frame: &[u8], relay: &mut Relay<SessionCapture>) -> Option<Bytes> {
-        if relay.pipeline.in_flight() == 0 {
+        if !self.pending_roles.is_empty() && !relay.pipeline.awaiting() {
             // Everything forwarded was answered: role changes are confirmed.
             self.pending_roles.clear();
         }
         let roles = relay.shared.tracker.roles();
-        let snapshot = self.snapshot.clone();
+        // Lent to the planner for this frame (no reference count traffic per frame).
+        let snapshot = self.snapshot.take();
         let mut replacement = None;
         relay.pipeline.on_frontend(t, || {
             let (req, new) = plan_frontend(t, frame, self, snapshot.as_ref(), roles);
             replacement = new;
             req
         });
+        self.snapshot = snapshot;
         replacement
     }
 }
@@ -352,6 +354,8 @@ async fn snapshot_for(
     frames: &FrameIndex,
     relay: &Mutex<Relay<SessionCapture>>,
 ) -> Option<Arc<Snapshot>> {
+    // Roles other than the login role whose privileges the writes may need; none in the
+    // usual case (no role change), which costs no allocation.
     let roles = {
         let r = relay.lock().unwrap_or_else(|p| p.into_inner());
         if p.unsettled && r.pipeline.is_idle() {
@@ -360,10 +364,15 @@ async fn snapshot_for(
             p.unsettled = false;
             p.catalog.invalidate_now();
         }
-        if r.pipeline.in_flight() == 0 {
+        if !p.pending_roles.is_empty() && !r.pipeline.awaiting() {
             p.pending_roles.clear();
         }
-        role::candidates(r.shared.tracker.roles(), &p.pending_roles)
+        let confirmed = r.shared.tracker.roles();
+        if p.pending_roles.is_empty() && confirmed.effective() == Some(confirmed.login()) {
+            None
+        } else {
+            role::candidates(confirmed, &p.pending_roles)
+        }
     };
     let snapshot = snapshot_of(p, chunk, frames).await?;
     for role in roles.iter().flatten() {
