@@ -1,8 +1,10 @@
-//! `flux-ingest`: the application's own traces into Flux's record.
+//! `flux-ingest`: what the application does, from its side, into Flux's record.
 //!
 //! - [`otlp`]: OTLP export requests (protobuf, JSON, gzip; the collector's JSON-lines
 //!   files) decoded and validated into store spans.
 //! - [`http`]: the OTLP/HTTP receiver (`POST /v1/traces`) `flux proxy --otlp` serves.
+//! - [`gateway`]: the HTTP reverse proxy `flux proxy --http-listen` puts in front of the
+//!   app, recording each request's input and response (what replay sends again).
 
 // Library code never panics on what it is given: errors are returned, not unwrapped.
 #![cfg_attr(
@@ -10,5 +12,6 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod gateway;
 pub mod http;
 pub mod otlp;

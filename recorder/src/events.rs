@@ -39,6 +39,7 @@ enum LostKind {
     Gap,
     Statement,
     Span,
+    Exchange,
 }
 
 impl LostKind {
@@ -49,6 +50,7 @@ impl LostKind {
             Record::Gap(g) => (g.table.clone(), LostKind::Gap),
             Record::Statement(_) => (None, LostKind::Statement),
             Record::Span(_) => (None, LostKind::Span),
+            Record::Exchange(_) => (None, LostKind::Exchange),
         }
     }
 
@@ -59,6 +61,7 @@ impl LostKind {
             LostKind::Gap => "the store lagged or failed; notes about writes that were not captured were lost too",
             LostKind::Statement => "the store lagged or failed; statements of requests were not recorded",
             LostKind::Span => "the store lagged or failed; spans of requests were not recorded",
+            LostKind::Exchange => "the store lagged or failed; HTTP requests the gateway relayed were not recorded (they cannot be replayed)",
         }
     }
 }
@@ -254,6 +257,14 @@ impl StoreSink {
             };
             self.count_lost(&records);
         }
+    }
+}
+
+impl flux_ingest::gateway::ExchangeSink for StoreSink {
+    fn record(&self, exchange: flux_store::Exchange, span: flux_store::Span) {
+        // Fail-open like capture: a full queue costs the record (counted, and a gap),
+        // never the request.
+        self.send(vec![Record::Span(span), Record::Exchange(exchange)]);
     }
 }
 

@@ -12,6 +12,7 @@
 //! | `spans` | request, span id | [`Span`] (application spans, and the proxy's statement spans) |
 //! | `requests` | request | [`RequestSummary`], recomputed whenever a span of it arrives |
 //! | `requests_by_time` | start, request | the same summary, for `tail` and time windows |
+//! | `exchanges` | request | [`Exchange`]: the HTTP input and response the gateway relayed |
 //!
 //! One process owns a data dir (the daemon, as primary); the CLI opens it as a RocksDB
 //! secondary, which reads a live store without taking its lock.
@@ -28,7 +29,8 @@ use crate::keys;
 use std::collections::BTreeMap;
 
 use crate::model::{
-    Gap, Mutation, Nanos, Record, RequestSummary, Span, StatementRecord, TxEvent, TxId, TxRecord,
+    Exchange, Gap, Mutation, Nanos, Record, RequestSummary, Span, StatementRecord, TxEvent, TxId,
+    TxRecord,
 };
 use crate::trace::{self, Tree};
 
@@ -36,7 +38,11 @@ use crate::trace::{self, Tree};
 type KeyValue = (Box<[u8]>, Box<[u8]>);
 
 /// The layout version this code reads and writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
+
+/// An older layout the writer upgrades in place: version 2 lacked `exchanges` (a new,
+/// empty family is all it takes).
+const UPGRADABLE_FROM: u64 = 2;
 
 const META: &str = "meta";
 const MUTATIONS: &str = "mutations";
@@ -47,8 +53,9 @@ const STATEMENTS: &str = "statements";
 const SPANS: &str = "spans";
 const REQUESTS: &str = "requests";
 const REQUESTS_BY_TIME: &str = "requests_by_time";
+const EXCHANGES: &str = "exchanges";
 /// Every column family.
-const FAMILIES: [&str; 9] = [
+const FAMILIES: [&str; 10] = [
     META,
     REQUESTS,
     REQUESTS_BY_TIME,
@@ -58,6 +65,7 @@ const FAMILIES: [&str; 9] = [
     MUTATIONS_BY_REQUEST,
     TX,
     GAPS,
+    EXCHANGES,
 ];
 
 /// Up to this many spans a request's summary is rebuilt from its whole tree on each write.
@@ -78,7 +86,7 @@ pub enum StoreError {
         source: rocksdb::Error,
     },
     /// The data dir was written by another layout version.
-    #[error("store {path} has schema version {found}, this flux reads version {SCHEMA_VERSION}: use the flux that wrote it, or a new --data-dir")]
+    #[error("store {path} has schema version {found}, this flux reads version {SCHEMA_VERSION}: use the flux that wrote it, or a new --data-dir (version 2 is upgraded in place when flux proxy opens it)")]
     Schema {
         /// The data dir.
         path: PathBuf,
@@ -163,6 +171,18 @@ impl Store {
                     .map_err(rocks)?;
             }
             Some(v) if v == u64::from(SCHEMA_VERSION) => {}
+            Some(UPGRADABLE_FROM) => {
+                // Opening created the missing family; the rest is unchanged.
+                store
+                    .db
+                    .put_cf(
+                        store.cf(META),
+                        KEY_SCHEMA_VERSION,
+                        u64::from(SCHEMA_VERSION).to_be_bytes(),
+                    )
+                    .map_err(rocks)?;
+                tracing::info!(path = %path.display(), "store upgraded to schema version {SCHEMA_VERSION}");
+            }
             Some(v) => {
                 return Err(StoreError::Schema {
                     path: path.to_path_buf(),
@@ -191,6 +211,16 @@ impl Store {
             })?;
         let mut opts = Options::default();
         opts.set_max_open_files(-1);
+        // A data dir of the upgradable older layout lacks a family; say so rather than
+        // fail in RocksDB (the writer upgrades it when `flux proxy` next opens it).
+        if let Ok(present) = DB::list_cf(&opts, path) {
+            if !present.iter().any(|f| f == EXCHANGES) {
+                return Err(StoreError::Schema {
+                    path: path.to_path_buf(),
+                    found: UPGRADABLE_FROM as u32,
+                });
+            }
+        }
         let db = DB::open_cf_as_secondary(&opts, path, scratch.path(), FAMILIES).map_err(rocks)?;
         let store = Store {
             db,
@@ -303,6 +333,9 @@ impl Store {
                         batch.put_cf(self.cf(SPANS), span_key(&span.trace, &span.id), encoded);
                         new_spans.entry(st.request.as_str()).or_default().push(span);
                     }
+                }
+                Record::Exchange(x) => {
+                    batch.put_cf(self.cf(EXCHANGES), x.request.as_bytes(), value);
                 }
                 Record::Span(span) => {
                     // Stored as the writer received it: already encoded above.
@@ -587,6 +620,21 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// The HTTP exchange the gateway recorded for a request, if any.
+    pub fn exchange(&self, request: &str) -> Result<Option<Exchange>, StoreError> {
+        let Some(v) = self
+            .db
+            .get_cf(self.cf(EXCHANGES), request.as_bytes())
+            .map_err(|e| self.rocks(e))?
+        else {
+            return Ok(None);
+        };
+        match self.decode(&v, "exchange")? {
+            Record::Exchange(x) => Ok(Some(x)),
+            _ => Err(self.corrupt("exchange")),
+        }
     }
 
     /// Gaps recorded in `[from, to)`, for `table` when given (gaps naming no table are

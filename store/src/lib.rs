@@ -27,7 +27,7 @@ pub mod writer;
 
 pub use db::{Store, StoreError, SCHEMA_VERSION};
 pub use model::{
-    Gap, Mutation, Nanos, Op, Outcome, Record, RequestSummary, Span, SpanEvent, SpanKind,
+    Exchange, Gap, Mutation, Nanos, Op, Outcome, Record, RequestSummary, Span, SpanEvent, SpanKind,
     SpanSource, StatementRecord, TxEvent, TxId, TxRecord,
 };
 pub use query::{blame, Blame, ColumnBlame, HistoryEntry};

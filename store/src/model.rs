@@ -125,6 +125,48 @@ pub enum Record {
     Statement(StatementRecord),
     /// An application's span, from OTLP.
     Span(Span),
+    /// An HTTP request the gateway relayed to the app, and its response.
+    Exchange(Exchange),
+}
+
+/// An HTTP request the gateway (`flux proxy --http-listen`) relayed to the app, with its
+/// response: what `flux incident replay` sends again and compares against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exchange {
+    /// The request id (the trace id the gateway kept or minted).
+    pub request: String,
+    /// When the request arrived.
+    pub at: Nanos,
+    /// Until the response's last byte was sent (or the exchange ended otherwise).
+    pub duration: u64,
+    /// `GET`, `POST`, …
+    pub method: String,
+    /// Path and query, as the client sent them.
+    pub target: String,
+    /// Request headers in order (redacted ones hold `<redacted>`; hop-by-hop ones left out).
+    pub headers: Vec<(String, String)>,
+    /// Request body, up to the gateway's limit.
+    pub body: Vec<u8>,
+    /// The whole body is in `body` (else it was over the limit or did not arrive whole, and
+    /// the request cannot be replayed).
+    pub body_complete: bool,
+    /// The response status; `None` when the app never answered.
+    pub status: Option<u16>,
+    /// Response headers.
+    pub response_headers: Vec<(String, String)>,
+    /// Response body, up to the limit.
+    pub response_body: Vec<u8>,
+    /// The whole response body is in `response_body`.
+    pub response_complete: bool,
+    /// What went wrong (upstream unreachable, client gone), when something did.
+    pub error: Option<String>,
+}
+
+impl Exchange {
+    /// Whether replay can send this request again as it came in.
+    pub fn replayable(&self) -> bool {
+        self.body_complete
+    }
 }
 
 /// A statement a tagged request ran, as the proxy saw it complete.

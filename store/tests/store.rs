@@ -445,6 +445,53 @@ fn a_store_of_another_schema_version_is_refused() {
     }
 }
 
+#[test]
+fn a_version_2_store_is_upgraded_by_its_writer_and_explained_to_readers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    drop(Store::open(dir.path()).expect("create"));
+    // Make it a version-2 store: no `exchanges` family, version 2.
+    {
+        let mut opts = rocksdb::Options::default();
+        opts.create_missing_column_families(true);
+        let cfs = rocksdb::DB::list_cf(&opts, dir.path()).expect("list");
+        let mut db = rocksdb::DB::open_cf(&opts, dir.path(), &cfs).expect("raw open");
+        db.drop_cf("exchanges").expect("drop family");
+        let meta = db.cf_handle("meta").expect("meta");
+        db.put_cf(meta, b"schema_version", 2u64.to_be_bytes())
+            .expect("put");
+    }
+    match Store::open_reader(dir.path()) {
+        Err(e @ StoreError::Schema { found: 2, .. }) => {
+            assert!(e.to_string().contains("upgraded in place"), "{e}")
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a reader opened a store missing a family"),
+    }
+    let store = Store::open(dir.path()).expect("the writer upgrades it");
+    let x = flux_store::Exchange {
+        request: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+        at: 1,
+        duration: 2,
+        method: "POST".into(),
+        target: "/checkout?x=1".into(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: br#"{"amount": 5}"#.to_vec(),
+        body_complete: true,
+        status: Some(500),
+        response_headers: Vec::new(),
+        response_body: b"oops".to_vec(),
+        response_complete: true,
+        error: None,
+    };
+    store
+        .write(&[Record::Exchange(x.clone())], true)
+        .expect("write");
+    drop(store);
+    let reader = Store::open_reader(dir.path()).expect("reader after upgrade");
+    assert_eq!(reader.exchange(&x.request).expect("read"), Some(x));
+    assert_eq!(reader.exchange("nope").expect("read"), None);
+}
+
 fn app_span(
     trace: &str,
     id: &str,

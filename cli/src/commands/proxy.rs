@@ -73,6 +73,27 @@ pub struct ProxyArgs {
     /// OTEL_EXPORTER_OTLP_ENDPOINT at http://ADDR. Needs capture on.
     #[arg(long, env = "FLUX_OTLP")]
     otlp: Option<SocketAddr>,
+
+    /// Also serve an HTTP/1.1 reverse proxy in front of the app on this address (point
+    /// the load balancer or the app's public port at it), recording each request's input
+    /// and response so `flux incident replay` can send it again. Needs --http-upstream
+    /// and capture on.
+    #[arg(long, env = "FLUX_HTTP_LISTEN", requires = "http_upstream")]
+    http_listen: Option<SocketAddr>,
+
+    /// The app behind --http-listen: http://HOST:PORT.
+    #[arg(long, env = "FLUX_HTTP_UPSTREAM", requires = "http_listen")]
+    http_upstream: Option<String>,
+
+    /// Largest request or response body recorded per exchange (bytes, or 512K, 1MiB …);
+    /// a larger request is kept truncated and marked unreplayable.
+    #[arg(long, env = "FLUX_HTTP_BODY_LIMIT", default_value = "1MiB", value_parser = flux_ingest::gateway::parse_size)]
+    http_body_limit: usize,
+
+    /// A header whose value is stored as <redacted> (repeatable; e.g. authorization,
+    /// cookie).
+    #[arg(long = "http-redact", value_name = "HEADER")]
+    http_redact: Vec<String>,
 }
 
 /// on/off.
@@ -125,6 +146,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     // The writer thread lives as long as this function; dropping it flushes and syncs.
     let mut writer = None;
     let mut span_sink = None;
+    let mut exchange_sink = None;
     let sink: Option<Arc<dyn EventSink>> = match &capture {
         None => None,
         Some(dir) => {
@@ -143,6 +165,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
             );
             let sink = Arc::new(StoreSink::new(w.handle(), durability));
             span_sink = Some(Arc::new(SpanWriter::new(w.handle())));
+            exchange_sink = Some(sink.clone());
             writer = Some(w);
             Some(sink)
         }
@@ -151,6 +174,22 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     if args.otlp.is_some() && span_sink.is_none() {
         anyhow::bail!("--otlp needs capture on (a --data-dir to record the spans into)");
     }
+    let gateway = match (args.http_listen, &args.http_upstream, exchange_sink) {
+        (Some(addr), Some(upstream), Some(sink)) => {
+            let mut config = flux_ingest::gateway::GatewayConfig::new(upstream)?;
+            config.body_limit = args.http_body_limit;
+            config.redact = args
+                .http_redact
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect();
+            Some((addr, config, sink))
+        }
+        (Some(_), _, None) => anyhow::bail!(
+            "--http-listen needs capture on (a --data-dir to record the requests into)"
+        ),
+        _ => None,
+    };
     let workers = args.workers.unwrap_or_else(default_workers);
     let mut runtime = if workers <= 1 {
         // No work-stealing wakeups between threads on every message: on small hosts
@@ -187,6 +226,25 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
             }
             _ => None,
         };
+        let gateway = match gateway {
+            Some((addr, config, sink)) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding --http-listen {addr}"))?;
+                tracing::info!(
+                    upstream = %config.upstream,
+                    "recording HTTP requests on http://{}",
+                    listener.local_addr()?
+                );
+                Some(tokio::spawn(flux_ingest::gateway::serve(
+                    listener,
+                    config,
+                    sink,
+                    shutdown.clone(),
+                )))
+            }
+            None => None,
+        };
         let proxy = Proxy::bind(config, sink).await?;
         let addr = proxy.local_addr()?;
         tracing::info!(
@@ -202,6 +260,11 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
             signals.cancel();
         });
         proxy.run(shutdown).await;
+        if let Some(gateway) = gateway {
+            if let Err(e) = gateway.await {
+                tracing::error!(error = %e, "the HTTP gateway panicked");
+            }
+        }
         if let Some(otlp) = otlp {
             match otlp.await {
                 Ok(Err(e)) => tracing::error!(error = %e, "the OTLP receiver failed"),
