@@ -1,0 +1,22 @@
+//! `flux-replay`: sending recorded requests to current code, and judging the result.
+//!
+//! Built so far (the engine's parts; the driver that runs the app, the outbound stub's
+//! server and `flux incident replay` come next):
+//! - [`config`]: `flux.toml`, found like `.git` (this directory or a parent).
+//! - [`window`]: the time windows `flux incident replay` takes (`14:00..14:05`, `-30m..`).
+//! - [`restore`]: the scratch database put back to the committed state at the window's
+//!   start for every row the selected requests wrote.
+//! - [`stub`]: outbound calls answered from the original request's CLIENT spans.
+//! - [`judge`]: verdicts and the first difference between a replay and its original.
+
+// Library code never panics on what it is given: errors are returned, not unwrapped.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod config;
+pub mod judge;
+pub mod restore;
+pub mod stub;
+pub mod window;
