@@ -2,6 +2,7 @@
 //!
 //! Built so far (the engine's parts; the driver that runs the app, the outbound stub's
 //! server and `flux incident replay` come next):
+//! - [`app`]: the app under replay, started in its own process group and always stopped.
 //! - [`config`]: `flux.toml`, found like `.git` (this directory or a parent).
 //! - [`window`]: the time windows `flux incident replay` takes (`14:00..14:05`, `-30m..`).
 //! - [`restore`]: the scratch database put back to the committed state at the window's
@@ -15,6 +16,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod app;
 pub mod config;
 pub mod judge;
 pub mod restore;
