@@ -7,7 +7,8 @@
 //! - [`window`]: the time windows `flux incident replay` takes (`14:00..14:05`, `-30m..`).
 //! - [`restore`]: the scratch database put back to the committed state at the window's
 //!   start for every row the selected requests wrote.
-//! - [`stub`]: outbound calls answered from the original request's CLIENT spans.
+//! - [`stub`]: outbound calls answered from the original request's CLIENT spans, and
+//!   [`outbound`]: the HTTP/CONNECT stub server that plays those answers.
 //! - [`judge`]: verdicts and the first difference between a replay and its original.
 
 // Library code never panics on what it is given: errors are returned, not unwrapped.
@@ -19,6 +20,7 @@
 pub mod app;
 pub mod config;
 pub mod judge;
+pub mod outbound;
 pub mod restore;
 pub mod stub;
 pub mod window;

@@ -1,0 +1,282 @@
+//! The outbound stub the app's `HTTP_PROXY`/`HTTPS_PROXY` point at during a replay: plain
+//! HTTP proxy requests (absolute-form) and `CONNECT` tunnels, whose TLS it terminates with
+//! a certificate for the requested host signed by a CA generated for the run (its PEM is
+//! handed to the app as `SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, `NODE_EXTRA_CA_CERTS`).
+//! Each call is answered by the [`Matcher`] of the request being replayed: the recorded
+//! status after the recorded delay, a recorded timeout held until the app gives up, a
+//! reset closed, a fixture, or a 502 naming the miss. Nothing leaves the machine.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::stub::{Answer, Failure, Matcher};
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// Why the stub could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    /// Binding or writing the CA failed.
+    #[error("outbound stub: {0}")]
+    Io(#[from] std::io::Error),
+    /// Generating the CA failed.
+    #[error("outbound stub: generating the run's CA: {0}")]
+    Ca(#[from] rcgen::Error),
+}
+
+/// A running outbound stub.
+pub struct Outbound {
+    /// Where it listens (the app's `HTTP_PROXY`).
+    pub addr: SocketAddr,
+    /// The run's CA certificate (PEM), for the app's trust store.
+    pub ca_file: PathBuf,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+}
+
+struct State {
+    ca: Ca,
+    /// Answers for the request being replayed; `None` between requests.
+    matcher: Mutex<Option<Matcher>>,
+}
+
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    der: Vec<u8>,
+    leaves: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
+}
+
+impl Outbound {
+    /// Starts the stub on a free loopback port, writing the run's CA to `dir/ca.pem`.
+    pub async fn start(dir: &Path) -> Result<Outbound, OutboundError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "flux replay outbound stub CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key)?;
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, cert.pem())?;
+        let state = Arc::new(State {
+            ca: Ca {
+                der: cert.der().to_vec(),
+                issuer: Issuer::new(params, key),
+                leaves: Mutex::new(HashMap::new()),
+            },
+            matcher: Mutex::new(None),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(accept(listener, state.clone(), shutdown.clone()));
+        Ok(Outbound {
+            addr,
+            ca_file,
+            state,
+            shutdown,
+        })
+    }
+
+    /// The answers for the next replayed request.
+    pub fn set(&self, matcher: Matcher) {
+        *self.state.matcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(matcher);
+    }
+
+    /// Takes back the matcher after a request (with the calls it could not answer).
+    pub fn take(&self) -> Option<Matcher> {
+        self.state
+            .matcher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// The proxy URL for the app's environment.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn accept(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
+    loop {
+        let tcp = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok((tcp, _)) => tcp,
+                Err(_) => continue,
+            },
+        };
+        let state = state.clone();
+        tokio::spawn(serve(TokioIo::new(tcp), state, None));
+    }
+}
+
+/// Serves HTTP/1.1 on one connection: the proxy's own, or a tunnel to `tunnel_host`.
+/// Boxed: a tunnel serves requests with the same handler that opened it.
+fn serve<I>(
+    io: I,
+    state: Arc<State>,
+    tunnel_host: Option<String>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    Box::pin(async move {
+        let service = hyper::service::service_fn(move |req| {
+            let state = state.clone();
+            let host = tunnel_host.clone();
+            async move { handle(req, state, host).await }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, service)
+            .with_upgrades()
+            .await;
+    })
+}
+
+fn response(status: u16, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    r
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<State>,
+    tunnel_host: Option<String>,
+) -> Result<Response<Body>, std::io::Error> {
+    if req.method() == Method::CONNECT {
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.host().to_string())
+            .unwrap_or_default();
+        let tls = match state.ca.leaf(&host) {
+            Ok(tls) => tls,
+            Err(e) => {
+                return Ok(response(
+                    502,
+                    format!("flux replay stub: no certificate for {host}: {e}\n"),
+                ))
+            }
+        };
+        tokio::spawn(async move {
+            let Ok(upgraded) = hyper::upgrade::on(req).await else {
+                return;
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            if let Ok(stream) = acceptor.accept(TokioIo::new(upgraded)).await {
+                serve(TokioIo::new(stream), state, Some(host)).await;
+            }
+        });
+        return Ok(Response::new(Empty::new().boxed()));
+    }
+    let host = tunnel_host
+        .or_else(|| req.uri().host().map(str::to_string))
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let path = req.uri().path().to_string();
+    let method = req.method().as_str().to_string();
+    let answer = {
+        let mut m = state.matcher.lock().unwrap_or_else(|p| p.into_inner());
+        match m.as_mut() {
+            Some(m) => m.answer(&method, &host, &path),
+            None => Answer::Miss,
+        }
+    };
+    match answer {
+        Answer::Recorded { status, delay } => {
+            tokio::time::sleep(delay).await;
+            Ok(response(status, String::new()))
+        }
+        Answer::Fixture { status, body } => Ok(response(status, body)),
+        Answer::Fail {
+            failure: Failure::Timeout,
+            delay,
+        } => {
+            // Held past the recorded duration, which is when the app gave up before.
+            tokio::time::sleep(delay * 2 + Duration::from_millis(500)).await;
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "recorded timeout",
+            ))
+        }
+        Answer::Fail {
+            failure: Failure::Reset,
+            delay,
+        } => {
+            tokio::time::sleep(delay).await;
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "recorded failure",
+            ))
+        }
+        Answer::Miss => Ok(response(
+            502,
+            format!(
+                "flux replay stub: no recording and no [stubs] fixture for {method} {host}{path}\n"
+            ),
+        )),
+    }
+}
+
+impl Ca {
+    /// A TLS configuration presenting a certificate for `host`, signed by the run's CA.
+    fn leaf(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+        let mut leaves = self.leaves.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = leaves.get(host) {
+            return Ok(c.clone());
+        }
+        let key = KeyPair::generate().map_err(|e| e.to_string())?;
+        let params = CertificateParams::new(vec![host.to_string()]).map_err(|e| e.to_string())?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| e.to_string())?;
+        let chain = vec![
+            cert.der().clone(),
+            rustls::pki_types::CertificateDer::from(self.der.clone()),
+        ];
+        let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
+            .map_err(|e| e.to_string())?;
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+        let config = Arc::new(config);
+        leaves.insert(host.to_string(), config.clone());
+        Ok(config)
+    }
+}
