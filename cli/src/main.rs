@@ -2,6 +2,7 @@
 //! together and renders; the logic lives in `flux-proxy`, `flux-store` and `flux-ingest`.
 
 mod commands;
+mod output;
 
 use std::process::ExitCode;
 

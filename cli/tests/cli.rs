@@ -163,3 +163,66 @@ async fn configured_from_environment_and_stops_on_sigint() {
         Some(0)
     );
 }
+
+/// `flux state history … | head`: when the reader goes away, the command ends quietly
+/// with status 0 instead of panicking on the closed pipe.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+
+    let data = tempfile::tempdir().expect("tmp");
+    {
+        // Enough history for one row that the output overflows a pipe's buffer.
+        let store = flux_store::Store::open(data.path()).expect("store");
+        let tx = flux_store::TxId {
+            boot: 1,
+            session: 1,
+            n: 1,
+        };
+        let records: Vec<flux_store::Record> = (0..3000u64)
+            .map(|i| {
+                flux_store::Record::Mutation(flux_store::Mutation {
+                    table: "users".into(),
+                    key: Some(vec!["1".into()]),
+                    at: 1_000_000_000 + i,
+                    op: flux_store::Op::Update,
+                    before: Some(format!(r#"{{"id": 1, "n": {i}}}"#)),
+                    after: Some(format!(r#"{{"id": 1, "n": {}}}"#, i + 1)),
+                    request: None,
+                    tx,
+                    tx_index: i as u32,
+                })
+            })
+            .collect();
+        store.write(&records, true).expect("write");
+    }
+    let mut child = flux()
+        .args([
+            "state",
+            "history",
+            "users",
+            "--id",
+            "1",
+            "--format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn flux");
+    let mut first = [0u8; 16];
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut first)
+        .expect("some output");
+    // The reader is gone now (its end of the pipe dropped above).
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "status {:?}: {stderr}", out.status);
+}

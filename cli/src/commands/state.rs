@@ -1,6 +1,7 @@
 //! `flux state history` and `flux state blame`: a row's (or a request's) recorded
 //! changes, and who wrote each column's current value.
 
+use crate::output::out;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -383,7 +384,7 @@ fn history(args: HistoryArgs) -> anyhow::Result<()> {
                     })
                     .collect();
             }
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            out!("{}", serde_json::to_string_pretty(&out)?);
         }
         Format::Csv => {
             let mut w = csv::Writer::from_writer(std::io::stdout());
@@ -407,9 +408,9 @@ fn history(args: HistoryArgs) -> anyhow::Result<()> {
             w.flush()?;
         }
         Format::Text => {
-            println!();
-            println!("  {title}");
-            println!();
+            out!();
+            out!("  {title}");
+            out!();
             let rows: Vec<(String, String)> = entries
                 .iter()
                 .map(|e| {
@@ -438,17 +439,17 @@ fn history(args: HistoryArgs) -> anyhow::Result<()> {
                 .unwrap_or(0);
             for (what, req) in rows {
                 let pad = width - what.chars().count();
-                println!("  {what}{}  {req}", " ".repeat(pad));
+                out!("  {what}{}  {req}", " ".repeat(pad));
             }
             if !gaps.is_empty() {
-                println!();
+                out!();
                 for line in gap_lines(&gaps) {
-                    println!("  {line}");
+                    out!("  {line}");
                 }
             }
             if !statements.is_empty() {
-                println!();
-                println!("  statements ({}):", statements.len());
+                out!();
+                out!("  statements ({}):", statements.len());
                 for st in &statements {
                     let outcome = match (&st.tag, &st.sqlstate) {
                         (Some(tag), _) => tag.clone(),
@@ -457,7 +458,7 @@ fn history(args: HistoryArgs) -> anyhow::Result<()> {
                         }
                         (None, None) => "✗".to_string(),
                     };
-                    println!(
+                    out!(
                         "  {}  {:>8.1}ms  {}  → {outcome}",
                         local(st.at).format("%H:%M:%S%.3f"),
                         st.duration as f64 / 1e6,
@@ -465,7 +466,7 @@ fn history(args: HistoryArgs) -> anyhow::Result<()> {
                     );
                 }
             }
-            println!();
+            out!();
         }
     }
     Ok(())
@@ -522,7 +523,7 @@ fn blame_cmd(args: BlameArgs) -> anyhow::Result<()> {
                 })).collect::<Vec<_>>(),
                 "gaps": gaps.iter().map(gap_json).collect::<Vec<_>>(),
             });
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            out!("{}", serde_json::to_string_pretty(&out)?);
         }
         Format::Csv => {
             let mut w = csv::Writer::from_writer(std::io::stdout());
@@ -559,9 +560,9 @@ fn blame_cmd(args: BlameArgs) -> anyhow::Result<()> {
             w.flush()?;
         }
         Format::Text => {
-            println!();
+            out!();
             if !b.exists {
-                println!("  {table} id={} was deleted; last values:", key.join(","));
+                out!("  {table} id={} was deleted; last values:", key.join(","));
             }
             let cw = b
                 .columns
@@ -598,15 +599,15 @@ fn blame_cmd(args: BlameArgs) -> anyhow::Result<()> {
                         local(a.at).format("%H:%M:%S")
                     ));
                 }
-                println!("{}", line.trim_end());
+                out!("{}", line.trim_end());
             }
             if !gaps.is_empty() {
-                println!();
+                out!();
                 for line in gap_lines(&gaps) {
-                    println!("  {line}");
+                    out!("  {line}");
                 }
             }
-            println!();
+            out!();
         }
     }
     Ok(())

@@ -2,6 +2,7 @@
 //! root cause on a `└─` line), followed live until interrupted, or listed once with
 //! `--no-follow`.
 
+use crate::output::out;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -201,7 +202,7 @@ pub fn run(args: TailArgs) -> anyhow::Result<()> {
     if args.no_follow {
         if args.format == Format::Json {
             let all: Vec<_> = kept.iter().map(summary_json).collect();
-            println!("{}", serde_json::to_string_pretty(&all)?);
+            out!("{}", serde_json::to_string_pretty(&all)?);
         } else {
             kept.iter().for_each(|r| print_text(r, with_time));
         }
@@ -225,7 +226,7 @@ fn follow(
     const LOOKBACK: u64 = 60_000_000_000;
     let print = |r: &RequestSummary| -> anyhow::Result<()> {
         if format == Format::Json {
-            println!("{}", serde_json::to_string(&summary_json(r))?);
+            out!("{}", serde_json::to_string(&summary_json(r))?);
         } else {
             print_text(r, with_time);
         }
@@ -300,13 +301,13 @@ fn print_text(r: &RequestSummary, with_time: bool) {
         .status
         .map(|s| s.to_string())
         .unwrap_or_else(|| "-".into());
-    println!(
+    out!(
         "  {time}{method:<6} {path:<24} {status:>3}  {:>6}  {}",
         duration(r.duration),
         short(Some(&r.id))
     );
     if let Some(e) = &r.error {
-        println!("  {}   └─ {}", " ".repeat(time.len()), one_line(e, 99));
+        out!("  {}   └─ {}", " ".repeat(time.len()), one_line(e, 99));
     }
 }
 

@@ -1,6 +1,7 @@
 //! `flux trace ID` (a request's span tree with durations, the failing span marked, its
 //! statements inline) and `flux trace diff A B` (two requests aligned span by span).
 
+use crate::output::out;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
@@ -167,13 +168,13 @@ fn run_trace(store: &Store, given: &str, format: Format) -> anyhow::Result<()> {
             "summary": store.request(&id)?,
             "spans": tree.walk().into_iter().map(|(i, d)| span_json(&tree, i, d)).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        out!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!();
+    out!();
     if tree.nodes.is_empty() {
-        println!("  no spans recorded for {}", short(Some(&id)));
-        println!();
+        out!("  no spans recorded for {}", short(Some(&id)));
+        out!();
         return Ok(());
     }
     let rows = prefixes(&tree);
@@ -205,9 +206,9 @@ fn run_trace(store: &Store, given: &str, format: Format) -> anyhow::Result<()> {
         } else if is_failed(s) {
             line.push_str("  ✗");
         }
-        println!("{line}");
+        out!("{line}");
     }
-    println!();
+    out!();
     Ok(())
 }
 
@@ -289,7 +290,7 @@ fn run_diff(store: &Store, a: &str, b: &str, format: Format) -> anyhow::Result<(
                 "only_after": only_b,
             },
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        out!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     let depths: Vec<usize> = rows.iter().map(|r| r.depth).collect();
@@ -304,8 +305,8 @@ fn run_diff(store: &Store, a: &str, b: &str, format: Format) -> anyhow::Result<(
         .max()
         .unwrap_or(4)
         .clamp(4, 48);
-    println!();
-    println!(
+    out!();
+    out!(
         "  {:<width$}  {:<12} {:<12}    {} → {}",
         "SPAN",
         "BEFORE",
@@ -313,9 +314,9 @@ fn run_diff(store: &Store, a: &str, b: &str, format: Format) -> anyhow::Result<(
         short(Some(&ida)),
         short(Some(&idb))
     );
-    println!("  {}", "─".repeat(width + 40));
+    out!("  {}", "─".repeat(width + 40));
     for (r, name) in rows.iter().zip(&names) {
-        println!(
+        out!(
             "  {:<width$}  {:<12} {:<12} {}",
             truncate(name, width),
             side(&r.before),
@@ -324,16 +325,16 @@ fn run_diff(store: &Store, a: &str, b: &str, format: Format) -> anyhow::Result<(
         );
     }
     if !only_a.is_empty() || !only_b.is_empty() {
-        println!();
-        println!("  DATA CHANGES that differ");
+        out!();
+        out!("  DATA CHANGES that differ");
         for l in &only_a {
-            println!("  - {} {l}", short(Some(&ida)));
+            out!("  - {} {l}", short(Some(&ida)));
         }
         for l in &only_b {
-            println!("  + {} {l}", short(Some(&idb)));
+            out!("  + {} {l}", short(Some(&idb)));
         }
     }
-    println!();
+    out!();
     Ok(())
 }
 

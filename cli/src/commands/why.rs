@@ -2,6 +2,7 @@
 //! the application's exception or a statement's SQLSTATE), where in the code, the rows it
 //! changed with their fate, and a suggestion from deterministic rules.
 
+use crate::output::out;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -59,7 +60,7 @@ pub fn run(args: WhyArgs) -> anyhow::Result<()> {
             "suggestion": why.suggestion,
             "statements": why.statements,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        out!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     let rolled_back = why.changes.iter().any(|e| e.outcome == Outcome::RolledBack);
@@ -71,8 +72,8 @@ pub fn run(args: WhyArgs) -> anyhow::Result<()> {
         None if rolled_back => "nothing failed; the transaction was rolled back".into(),
         None => "no failure recorded for this request".into(),
     };
-    println!();
-    println!("  {:<12} {cause}", "ROOT CAUSE");
+    out!();
+    out!("  {:<12} {cause}", "ROOT CAUSE");
     let location = match &why.location {
         Some(l) => match &l.function {
             Some(f) => format!("{l}  (in {f})"),
@@ -83,9 +84,9 @@ pub fn run(args: WhyArgs) -> anyhow::Result<()> {
         }
         None => "unknown (no application spans recorded for this request)".into(),
     };
-    println!("  {:<12} {location}", "LOCATION");
+    out!("  {:<12} {location}", "LOCATION");
     if why.changes.is_empty() {
-        println!("  {:<12} none", "DATA CHANGES");
+        out!("  {:<12} none", "DATA CHANGES");
     }
     for (i, e) in why.changes.iter().enumerate() {
         let m = &e.mutation;
@@ -98,7 +99,7 @@ pub fn run(args: WhyArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| "(no key)".into())
         );
         let label = if i == 0 { "DATA CHANGES" } else { "" };
-        println!(
+        out!(
             "  {label:<12} {row}  {} {}{}  {}",
             m.op,
             change(m),
@@ -107,8 +108,8 @@ pub fn run(args: WhyArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(s) = why.suggestion {
-        println!("  {:<12} → {s}", "SUGGESTION");
+        out!("  {:<12} → {s}", "SUGGESTION");
     }
-    println!();
+    out!();
     Ok(())
 }
