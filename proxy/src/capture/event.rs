@@ -189,6 +189,9 @@ pub enum GapReason {
     RowSecurity,
     /// A role the statement may run as lacks table-level SELECT.
     NoSelect(String),
+    /// A role the statement may run as was set in the same query string or pipeline, and
+    /// its privileges were not read yet.
+    PrivilegesUnread(String),
     /// The session's role is not known (set from a value only the server knows).
     RoleUnknown,
     /// DDL ran earlier in the transaction or pipeline: the catalog is not settled.
@@ -241,6 +244,10 @@ impl std::fmt::Display for GapReason {
             GapReason::NoSelect(role) => write!(
                 f,
                 "role {role} lacks SELECT on the table (capture reads rows back with RETURNING)"
+            ),
+            GapReason::PrivilegesUnread(role) => write!(
+                f,
+                "role {role} was set in the same query string or pipeline; its privileges were not read yet"
             ),
             GapReason::RoleUnknown => f.write_str(
                 "the session's role was set to a value the proxy cannot see (computed set_config, DO block)",

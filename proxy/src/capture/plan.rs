@@ -259,8 +259,10 @@ fn decide(
     let roles = role::candidates(cx.confirmed, cx.pending_roles).ok_or(GapReason::RoleUnknown)?;
     for role in &roles {
         for table in &all {
-            if s.can_select(role, table) != Some(true) {
-                return Err(GapReason::NoSelect(role.clone()));
+            match s.can_select(role, table) {
+                Some(true) => {}
+                Some(false) => return Err(GapReason::NoSelect(role.clone())),
+                None => return Err(GapReason::PrivilegesUnread(role.clone())),
             }
         }
     }
@@ -526,7 +528,7 @@ mod tests {
         let mut session = Session::default();
         let p = session.plan("SET ROLE r1; INSERT INTO users VALUES (1)", Some(&s));
         assert!(p.sql.is_none());
-        assert_eq!(gap(&p, 1), Some(GapReason::NoSelect("r1".into())));
+        assert_eq!(gap(&p, 1), Some(GapReason::PrivilegesUnread("r1".into())));
         assert!(!p.reusable);
         let p = session.plan("INSERT INTO users VALUES (2)", Some(&s));
         assert!(p.sql.is_none());
