@@ -212,7 +212,13 @@ pub fn analyze(sql: &str) -> Analysis {
             Token::Whitespace(Whitespace::MultiLineComment(c)) => sqlcommenter_request_id(c),
             _ => None,
         });
-        let set_request = set_config_call(segment, REQUEST_ID_SETTING).and_then(|c| c.request());
+        // The statement's significant tokens, collected once for every keyword check.
+        let real: Vec<&Token> = segment
+            .iter()
+            .map(|t| &t.token)
+            .filter(|t| !is_trivia(t))
+            .collect();
+        let set_request = set_config_call(&real, REQUEST_ID_SETTING).and_then(|c| c.request());
         let start = segment
             .iter()
             .find(|t| !is_trivia(&t.token))
@@ -220,7 +226,7 @@ pub fn analyze(sql: &str) -> Analysis {
             .unwrap_or(0)
             .min(insert_at);
         let text = sql.get(start..insert_at).unwrap_or_default();
-        let words = Words::of(segment);
+        let words = Words::of(&real);
         let parsed = Parser::new(&dialect)
             .with_tokens_with_locations(segment.to_vec())
             .parse_statement();
@@ -237,7 +243,7 @@ pub fn analyze(sql: &str) -> Analysis {
             kind,
             request_id,
             set_request,
-            role: role_change(segment, &words),
+            role: role_change(&real, &words, text),
             parsed: parsed.is_ok(),
         });
     }
@@ -283,17 +289,20 @@ fn statements(tokens: &[TokenWithSpan]) -> Vec<(std::ops::Range<usize>, usize)> 
     out
 }
 
-/// The unquoted words of a statement, lower-cased, in order (for keyword checks that
-/// must not depend on the parser knowing the statement).
+/// The first unquoted words of a statement, lower-cased (for keyword checks that must not
+/// depend on the parser knowing the statement). Only the first few are ever looked at.
 struct Words(Vec<String>);
 
+/// How many leading words [`Words`] keeps (`SET LOCAL SESSION AUTHORIZATION` is the longest
+/// prefix a check reads).
+const LEADING_WORDS: usize = 4;
+
 impl Words {
-    fn of(segment: &[TokenWithSpan]) -> Self {
+    fn of(real: &[&Token]) -> Self {
         Words(
-            segment
-                .iter()
-                .filter(|t| !is_trivia(&t.token))
-                .map(|t| match &t.token {
+            real.iter()
+                .take(LEADING_WORDS)
+                .map(|t| match t {
                     Token::Word(w) if w.quote_style.is_none() => w.value.to_ascii_lowercase(),
                     _ => String::new(),
                 })
@@ -638,17 +647,8 @@ pub fn classify(statement: &Statement) -> Kind {
             _ => Kind::Other,
             }
         }
-        Statement::CreateTable(_)
-        | Statement::AlterTable(_)
-        | Statement::Drop { .. }
-        | Statement::CreateIndex(_)
-        | Statement::CreateView(_)
-        | Statement::CreateSchema { .. }
-        | Statement::CreatePolicy { .. }
-        | Statement::Grant(_)
-        | Statement::Revoke(_)
-        | Statement::CreateTrigger(_)
-        | Statement::CreateFunction(_) => Kind::Ddl,
+        // DDL is recognised by its first keyword before a statement is parsed
+        // (`Words::catalog_statement`), so it never reaches here.
         _ => Kind::Other,
     }
 }
@@ -703,13 +703,9 @@ impl SetConfigCall {
     }
 }
 
-/// Finds `set_config('<setting>', <value>, <is_local>)` among a statement's tokens.
-fn set_config_call(tokens: &[TokenWithSpan], setting: &str) -> Option<SetConfigCall> {
-    let real: Vec<&Token> = tokens
-        .iter()
-        .map(|t| &t.token)
-        .filter(|t| !is_trivia(t))
-        .collect();
+/// Finds `set_config('<setting>', <value>, <is_local>)` among a statement's significant
+/// tokens.
+fn set_config_call(real: &[&Token], setting: &str) -> Option<SetConfigCall> {
     // Skips a `::type` cast at `i`, returning the index after it.
     let skip_cast = |i: usize| match (real.get(i), real.get(i + 1)) {
         (Some(Token::DoubleColon), Some(Token::Word(_))) => i + 2,
@@ -755,14 +751,9 @@ fn set_config_call(tokens: &[TokenWithSpan], setting: &str) -> Option<SetConfigC
 /// `DISCARD ALL`, and `set_config('role' | 'session_authorization', …)` anywhere in a
 /// statement. A `DO` body that mentions roles, or a value only known at run time, is
 /// [`RoleChange::Unknown`].
-fn role_change(segment: &[TokenWithSpan], words: &Words) -> Option<RoleChange> {
+fn role_change(real: &[&Token], words: &Words, text: &str) -> Option<RoleChange> {
     // The value token after the setting name (skipping `TO` / `=`).
     let value_after = |i: usize| -> Option<Option<String>> {
-        let real: Vec<&Token> = segment
-            .iter()
-            .map(|t| &t.token)
-            .filter(|t| !is_trivia(t))
-            .collect();
         let mut j = i;
         if matches!(real.get(j), Some(Token::Eq))
             || matches!(real.get(j), Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("to"))
@@ -822,7 +813,6 @@ fn role_change(segment: &[TokenWithSpan], words: &Words) -> Option<RoleChange> {
         },
         "discard" if words.at(1) == "all" => Some(RoleChange::Discard),
         "do" => {
-            let text: String = segment.iter().map(|t| t.token.to_string()).collect();
             let lower = text.to_ascii_lowercase();
             (lower.contains("role")
                 || lower.contains("session_authorization")
@@ -831,7 +821,7 @@ fn role_change(segment: &[TokenWithSpan], words: &Words) -> Option<RoleChange> {
         }
         _ => {
             for (setting, is_role) in [("role", true), ("session_authorization", false)] {
-                if let Some(call) = set_config_call(segment, setting) {
+                if let Some(call) = set_config_call(real, setting) {
                     let to = match call.value {
                         SetConfigValue::Literal(v) => {
                             let lower = v.to_ascii_lowercase();
