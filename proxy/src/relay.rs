@@ -62,6 +62,10 @@ pub(crate) trait ClientSide: Send {
     /// What this side shares with its [`ServerSide`], under the relay's lock.
     type Shared: Send;
 
+    /// Whether the FIFO keeps each statement's text and timing for this seam (capture
+    /// reports statements; the pass-through only needs the FIFO's books).
+    const TRACKS_STATEMENTS: bool;
+
     /// Once per chunk, before the relay state is locked; may wait (capture reads the
     /// catalog here).
     fn prepare<'a>(
@@ -109,6 +113,7 @@ pub(crate) struct PassThrough;
 
 impl ClientSide for PassThrough {
     type Shared = ();
+    const TRACKS_STATEMENTS: bool = false;
 
     fn prepare<'a>(
         &'a mut self,
@@ -169,7 +174,6 @@ pub(crate) async fn run<C, S>(
     mut up: C,
     mut down: S,
     state: C::Shared,
-    capture: bool,
     shared: &Shared,
 ) -> (Result<RelayEnd, SessionError>, u64)
 where
@@ -177,7 +181,7 @@ where
     S: ServerSide<Shared = C::Shared>,
 {
     let relay = Mutex::new(Relay {
-        pipeline: Pipeline::new(capture),
+        pipeline: Pipeline::new(C::TRACKS_STATEMENTS),
         writing_up: false,
         writing_down: false,
         shared: state,
@@ -276,6 +280,21 @@ fn outgoing<'a>(
     &out[..]
 }
 
+/// Writes a chunk (with its replaced frames) in one write and flushes it.
+async fn forward(
+    wr: &mut WriteHalf<'_>,
+    out: &mut BytesMut,
+    chunk: &[u8],
+    frames: &FrameIndex,
+    replaced: &[(usize, Option<Bytes>)],
+) -> io::Result<()> {
+    let bytes = outgoing(out, chunk, frames, replaced);
+    wr.write_all(bytes).await?;
+    wr.flush().await?;
+    out.clear();
+    Ok(())
+}
+
 async fn client_to_server<C: ClientSide>(
     rd: &mut ReadHalf<'_>,
     wr: &mut WriteHalf<'_>,
@@ -323,11 +342,10 @@ async fn client_to_server<C: ClientSide>(
             }
             r.writing_up = true;
         }
-        let bytes = outgoing(&mut out, chunk, &frames, &replaced);
-        wr.write_all(bytes).await.map_err(SessionError::ServerIo)?;
-        wr.flush().await.map_err(SessionError::ServerIo)?;
+        forward(wr, &mut out, chunk, &frames, &replaced)
+            .await
+            .map_err(SessionError::ServerIo)?;
         buf.advance(end);
-        out.clear();
         lock(relay).writing_up = false;
         if frames.last().is_some_and(|&(t, _, _)| t == tag::TERMINATE) {
             return Ok(RelayEnd::ClientTerminated);
@@ -390,11 +408,10 @@ async fn server_to_client<S: ServerSide>(
             r.writing_down = true;
         }
         side.before_write().await;
-        let bytes = outgoing(&mut out, chunk, &frames, &replaced);
-        wr.write_all(bytes).await.map_err(SessionError::ClientIo)?;
-        wr.flush().await.map_err(SessionError::ClientIo)?;
+        forward(wr, &mut out, chunk, &frames, &replaced)
+            .await
+            .map_err(SessionError::ClientIo)?;
         buf.advance(end);
-        out.clear();
         lock(relay).writing_down = false;
         side.after_write();
     }

@@ -161,18 +161,7 @@ async fn serve(
     }
 
     let (end, desyncs) = match &shared.sink {
-        None => {
-            relay::run(
-                client,
-                &mut server,
-                PassThrough,
-                PassThrough,
-                (),
-                false,
-                shared,
-            )
-            .await
-        }
+        None => relay::run(client, &mut server, PassThrough, PassThrough, (), shared).await,
         Some(sink) => {
             sink.emit(CaptureEvent::SessionStarted {
                 session: id,
@@ -181,7 +170,7 @@ async fn serve(
                 database: database.clone(),
             });
             let (planner, reader, state) = layer::start(id, shared, sink.clone(), &database, &user);
-            relay::run(client, &mut server, planner, reader, state, true, shared).await
+            relay::run(client, &mut server, planner, reader, state, shared).await
         }
     };
     if desyncs > 0 {

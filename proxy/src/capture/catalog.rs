@@ -274,6 +274,16 @@ struct Refresher {
     last_attempt: Option<Instant>,
 }
 
+impl Refresher {
+    /// The side connection, opened (again) when there is none or it closed.
+    async fn client(&mut self, target: &Target) -> Result<&tokio_postgres::Client, CatalogError> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = Some(connect(target).await?);
+        }
+        self.client.as_ref().ok_or(CatalogError::NoConnection)
+    }
+}
+
 impl Catalog {
     /// The latest snapshot without waiting (None until the first read succeeds).
     pub fn cached(&self) -> Option<Arc<Snapshot>> {
@@ -366,10 +376,7 @@ impl Catalog {
             return;
         }
         let read = async {
-            if r.client.as_ref().is_none_or(|c| c.is_closed()) {
-                r.client = Some(connect(target).await?);
-            }
-            let client = r.client.as_ref().ok_or(CatalogError::NoConnection)?;
+            let client = r.client(target).await?;
             match client.query(ACCESS_SQL, &[&role]).await {
                 Ok(rows) => Ok(Some(
                     rows.iter()
@@ -404,10 +411,7 @@ impl Catalog {
 }
 
 async fn read(r: &mut Refresher, target: &Target) -> Result<Snapshot, CatalogError> {
-    if r.client.as_ref().is_none_or(|c| c.is_closed()) {
-        r.client = Some(connect(target).await?);
-    }
-    let client = r.client.as_ref().ok_or(CatalogError::NoConnection)?;
+    let client = r.client(target).await?;
     let rows = client.query(TABLES_SQL, &[&target.user]).await?;
     let mut version = 0;
     let mut tables = Vec::with_capacity(rows.len());
@@ -494,10 +498,11 @@ impl Catalogs {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn table(oid: u32, schema: &str, name: &str, pk: &[&str]) -> TableInfo {
+    /// A plain table the login role may read (also the planner tests' fixture).
+    pub(crate) fn table(oid: u32, schema: &str, name: &str, pk: &[&str]) -> TableInfo {
         TableInfo {
             oid,
             schema: schema.into(),

@@ -212,6 +212,7 @@ fn has_write(a: &Analysis) -> bool {
 
 impl ClientSide for Planner {
     type Shared = SessionCapture;
+    const TRACKS_STATEMENTS: bool = true;
 
     async fn prepare(
         &mut self,

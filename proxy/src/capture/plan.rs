@@ -426,18 +426,7 @@ mod tests {
     use crate::capture::catalog::TableInfo;
 
     fn table(oid: u32, name: &str) -> TableInfo {
-        TableInfo {
-            oid,
-            schema: "public".into(),
-            name: name.into(),
-            pk: vec!["id".into()],
-            rls: false,
-            can_select: true,
-            root: oid,
-            triggers: None,
-            cascades_to: Vec::new(),
-            refusal: None,
-        }
+        crate::capture::catalog::tests::table(oid, "public", name, &["id"])
     }
 
     fn snapshot(version: i32) -> Snapshot {
