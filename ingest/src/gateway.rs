@@ -389,13 +389,23 @@ impl Captured {
     }
 }
 
-/// A request body on its way to the app, copied (up to the limit) as it streams.
-struct RequestTee {
+/// A body on its way through the gateway, copied (up to the limit) as it streams.
+struct Tee<C: BodyCopy> {
     inner: Incoming,
-    captured: Arc<Mutex<Captured>>,
+    copy: C,
 }
 
-impl Body for RequestTee {
+/// What a [`Tee`] does with what passes through it.
+trait BodyCopy: Send + Unpin {
+    /// A data frame passed.
+    fn data(&mut self, data: &[u8]);
+    /// The body ended: whole (`None`), or broken off (`Some(the error)`).
+    fn ended(&mut self, error: Option<String>);
+    /// The tee was dropped; `at_end` when its body had been read to the end.
+    fn dropped(&mut self, at_end: bool);
+}
+
+impl<C: BodyCopy> Body for Tee<C> {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -403,63 +413,19 @@ impl Body for RequestTee {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        let mut captured = self.captured.lock().unwrap_or_else(|p| p.into_inner());
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    captured.push(data);
+                    this.copy.data(data);
                 }
-                if self.inner.is_end_stream() {
-                    captured.end();
-                }
-            }
-            Poll::Ready(None) => captured.end(),
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// A response body on its way to the client, copied as it streams; the exchange is
-/// recorded when it ends or is dropped (the client went away).
-struct ResponseTee {
-    inner: Incoming,
-    captured: Captured,
-    pending: Option<Pending>,
-}
-
-impl Body for ResponseTee {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.captured.push(data);
-                }
-                if self.inner.is_end_stream() {
-                    self.complete(None);
+                if this.inner.is_end_stream() {
+                    this.copy.ended(None);
                 }
             }
-            Poll::Ready(None) => self.complete(None),
-            Poll::Ready(Some(Err(e))) => {
-                let error = format!("the app's response broke off: {e}");
-                self.complete(Some(error));
-            }
+            Poll::Ready(None) => this.copy.ended(None),
+            Poll::Ready(Some(Err(e))) => this.copy.ended(Some(e.to_string())),
             Poll::Pending => {}
         }
         polled
@@ -474,24 +440,66 @@ impl Body for ResponseTee {
     }
 }
 
-impl ResponseTee {
-    fn complete(&mut self, error: Option<String>) {
-        if let Some(pending) = self.pending.take() {
-            if error.is_none() {
-                self.captured.end();
-            }
-            pending.finish(Some(std::mem::take(&mut self.captured)), error);
-        }
+impl<C: BodyCopy> Drop for Tee<C> {
+    fn drop(&mut self) {
+        let at_end = self.inner.is_end_stream();
+        self.copy.dropped(at_end);
     }
 }
 
-impl Drop for ResponseTee {
-    fn drop(&mut self) {
+/// The request body's copy, shared with the [`Pending`] exchange that records it.
+struct RequestCopy(Arc<Mutex<Captured>>);
+
+impl RequestCopy {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Captured> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl BodyCopy for RequestCopy {
+    fn data(&mut self, data: &[u8]) {
+        self.lock().push(data);
+    }
+
+    fn ended(&mut self, error: Option<String>) {
+        // A body that broke off stays incomplete (not replayable).
+        if error.is_none() {
+            self.lock().end();
+        }
+    }
+
+    fn dropped(&mut self, _at_end: bool) {}
+}
+
+/// The response body's copy; the exchange is recorded when the body ends or the tee is
+/// dropped (the client went away).
+struct ResponseCopy {
+    captured: Captured,
+    pending: Option<Pending>,
+}
+
+impl BodyCopy for ResponseCopy {
+    fn data(&mut self, data: &[u8]) {
+        self.captured.push(data);
+    }
+
+    fn ended(&mut self, error: Option<String>) {
+        self.finish(error.map(|e| format!("the app's response broke off: {e}")));
+    }
+
+    fn dropped(&mut self, at_end: bool) {
+        // Ended early: the client closed the connection before the last byte (a body
+        // that is empty by definition, as for HEAD, counts as ended).
+        self.finish(
+            (!at_end).then(|| "the client went away before the response ended".to_string()),
+        );
+    }
+}
+
+impl ResponseCopy {
+    /// Records the exchange, once.
+    fn finish(&mut self, error: Option<String>) {
         if let Some(pending) = self.pending.take() {
-            // Ended early: the client closed the connection before the last byte
-            // (or the body was never sent, e.g. for HEAD, which ends it too).
-            let error = (!self.inner.is_end_stream())
-                .then(|| "the client went away before the response ended".to_string());
             if error.is_none() {
                 self.captured.end();
             }
@@ -571,9 +579,9 @@ async fn handle(
         &flags,
         peer,
     );
-    let body = RequestTee {
+    let body = Tee {
         inner: body,
-        captured: request_body.clone(),
+        copy: RequestCopy(request_body.clone()),
     };
     let pending = Pending {
         finished: false,
@@ -595,10 +603,12 @@ async fn handle(
             pending.exchange.response_headers = recorded(&parts.headers, &state.config.redact);
             let connection = connection_tokens(&parts.headers);
             strip_hop_by_hop(&mut parts.headers, &connection);
-            let body = ResponseTee {
+            let body = Tee {
                 inner: body,
-                captured: Captured::new(state.config.body_limit),
-                pending: Some(pending),
+                copy: ResponseCopy {
+                    captured: Captured::new(state.config.body_limit),
+                    pending: Some(pending),
+                },
             };
             Response::from_parts(parts, body.boxed())
         }
