@@ -14,7 +14,7 @@ use crate::nanos;
 use flux_proxy::capture::{CaptureEvent, Durable, MutationEvent, Op as ProxyOp, TxOutcome};
 use flux_proxy::EventSink;
 use flux_store::{
-    Durability, Gap, Mutation, Nanos, Op, Record, StatementRecord, TxEvent, TxId, TxRecord,
+    Durability, Gap, Mutation, Nanos, Op, Record, Source, StatementRecord, TxEvent, TxId, TxRecord,
     WriterHandle,
 };
 
@@ -40,6 +40,7 @@ enum LostKind {
     Statement,
     Span,
     Exchange,
+    Source,
 }
 
 impl LostKind {
@@ -51,6 +52,7 @@ impl LostKind {
             Record::Statement(_) => (None, LostKind::Statement),
             Record::Span(_) => (None, LostKind::Span),
             Record::Exchange(_) => (None, LostKind::Exchange),
+            Record::Source(_) => (None, LostKind::Source),
         }
     }
 
@@ -62,6 +64,7 @@ impl LostKind {
             LostKind::Statement => "the store lagged or failed; statements of requests were not recorded",
             LostKind::Span => "the store lagged or failed; spans of requests were not recorded",
             LostKind::Exchange => "the store lagged or failed; HTTP requests the gateway relayed were not recorded (they cannot be replayed)",
+            LostKind::Source => "the store lagged or failed; which database the proxy was in front of was not recorded (replay cannot check that its scratch database differs)",
         }
     }
 }
@@ -76,6 +79,10 @@ pub struct StoreSink {
     lagging: AtomicBool,
     /// Records (of every kind) lost to a lagging or failed store since start.
     pub dropped: AtomicU64,
+    /// The upstream's address, recorded with each database sessions use (replay refuses
+    /// those as scratch databases).
+    upstream: Option<String>,
+    databases: Mutex<Vec<String>>,
 }
 
 impl StoreSink {
@@ -88,7 +95,16 @@ impl StoreSink {
             lost: Mutex::new(None),
             lagging: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            upstream: None,
+            databases: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Records `addr` (the upstream's `host:port`) with each database a session connects
+    /// to, once per database.
+    pub fn with_upstream(mut self, addr: String) -> Self {
+        self.upstream = Some(addr);
+        self
     }
 
     fn tx(&self, session: u64, n: u64) -> TxId {
@@ -163,6 +179,18 @@ impl StoreSink {
                 sqlstate,
                 error,
             }),
+            CaptureEvent::SessionStarted { database, .. } => {
+                let upstream = self.upstream.as_ref()?;
+                let mut seen = self.databases.lock().unwrap_or_else(|p| p.into_inner());
+                if seen.contains(&database) {
+                    return None;
+                }
+                seen.push(database.clone());
+                Record::Source(Source {
+                    addr: upstream.clone(),
+                    database,
+                })
+            }
             // Untagged statements cannot be asked about by request: not stored.
             _ => return None,
         })

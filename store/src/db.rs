@@ -29,8 +29,8 @@ use crate::keys;
 use std::collections::BTreeMap;
 
 use crate::model::{
-    Exchange, Gap, Mutation, Nanos, Record, RequestSummary, Span, StatementRecord, TxEvent, TxId,
-    TxRecord,
+    Exchange, Gap, Mutation, Nanos, Record, RequestSummary, Source, Span, StatementRecord, TxEvent,
+    TxId, TxRecord,
 };
 use crate::trace::{self, Tree};
 
@@ -73,6 +73,15 @@ const REBUILD_LIMIT: usize = 5_000;
 
 const KEY_SCHEMA_VERSION: &[u8] = b"schema_version";
 const KEY_NEXT_SEQ: &[u8] = b"next_seq";
+/// Prefix of the `meta` keys holding [`Source`]s.
+const KEY_SOURCE: &[u8] = b"source/";
+
+fn source_key(src: &Source) -> Vec<u8> {
+    let mut key = KEY_SOURCE.to_vec();
+    keys::put_str(&mut key, src.addr.as_bytes());
+    keys::put_str(&mut key, src.database.as_bytes());
+    key
+}
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -336,6 +345,9 @@ impl Store {
                 }
                 Record::Exchange(x) => {
                     batch.put_cf(self.cf(EXCHANGES), x.request.as_bytes(), value);
+                }
+                Record::Source(src) => {
+                    batch.put_cf(self.cf(META), source_key(src), value);
                 }
                 Record::Span(span) => {
                     // Stored as the writer received it: already encoded above.
@@ -635,6 +647,20 @@ impl Store {
             Record::Exchange(x) => Ok(Some(x)),
             _ => Err(self.corrupt("exchange")),
         }
+    }
+
+    /// The databases a recording proxy relayed sessions to (its upstream address and each
+    /// database name sessions used).
+    pub fn sources(&self) -> Result<Vec<Source>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.scan(META, KEY_SOURCE, KEY_SOURCE) {
+            let (_, v) = entry?;
+            match self.decode(&v, "source")? {
+                Record::Source(s) => out.push(s),
+                _ => return Err(self.corrupt("source")),
+            }
+        }
+        Ok(out)
     }
 
     /// Gaps recorded in `[from, to)`, for `table` when given (gaps naming no table are

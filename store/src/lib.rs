@@ -27,8 +27,8 @@ pub mod writer;
 
 pub use db::{Store, StoreError, SCHEMA_VERSION};
 pub use model::{
-    Exchange, Gap, Mutation, Nanos, Op, Outcome, Record, RequestSummary, Span, SpanEvent, SpanKind,
-    SpanSource, StatementRecord, TxEvent, TxId, TxRecord,
+    Exchange, Gap, Mutation, Nanos, Op, Outcome, Record, RequestSummary, Source, Span, SpanEvent,
+    SpanKind, SpanSource, StatementRecord, TxEvent, TxId, TxRecord,
 };
 pub use query::{blame, Blame, ColumnBlame, HistoryEntry};
 pub use writer::{Durability, WriteRejected, Writer, WriterConfig, WriterHandle};

@@ -127,6 +127,19 @@ pub enum Record {
     Span(Span),
     /// An HTTP request the gateway relayed to the app, and its response.
     Exchange(Exchange),
+    /// A database the proxy relayed sessions to (kept in `meta`): what replay refuses
+    /// to use as its scratch database.
+    Source(Source),
+}
+
+/// A database a recording proxy sat in front of: the upstream's address as configured
+/// (`host:port`, or a socket directory) and a database name sessions used.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Source {
+    /// `--upstream`'s host and port.
+    pub addr: String,
+    /// The database a session connected to.
+    pub database: String,
 }
 
 /// An HTTP request the gateway (`flux proxy --http-listen`) relayed to the app, with its

@@ -163,7 +163,9 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
                     ..WriterConfig::default()
                 },
             );
-            let sink = Arc::new(StoreSink::new(w.handle(), durability));
+            let sink = Arc::new(
+                StoreSink::new(w.handle(), durability).with_upstream(config.upstream.addr()),
+            );
             span_sink = Some(Arc::new(SpanWriter::new(w.handle())));
             exchange_sink = Some(sink.clone());
             writer = Some(w);
