@@ -227,8 +227,9 @@ fn trace_context(headers: &HeaderMap) -> (String, Option<String>, String) {
     parsed.unwrap_or_else(|| (random_hex(16), None, "01".to_string()))
 }
 
-/// `n` random bytes as lowercase hex, never all zero (an invalid W3C id).
-fn random_hex(n: usize) -> String {
+/// `n` random bytes as lowercase hex, never all zero (an invalid W3C id): 16 for a trace
+/// id, 8 for a span id.
+pub fn random_hex(n: usize) -> String {
     let mut bytes = vec![0u8; n];
     loop {
         if getrandom::fill(&mut bytes).is_err() {

@@ -72,7 +72,7 @@ pub struct Replay {
     pub ignore: Vec<String>,
 }
 
-/// One `[stubs]` entry: `"METHOD host/path" = { status, body }`.
+/// One `[stubs]` entry: `"METHOD host/path" = { status, body }` (host `*`: any host).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StubFixture {
     /// Request method, upper case.

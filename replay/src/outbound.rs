@@ -11,7 +11,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -49,8 +48,11 @@ pub struct Outbound {
 
 struct State {
     ca: Ca,
-    /// Answers for the request being replayed; `None` between requests.
-    matcher: Mutex<Option<Matcher>>,
+    /// Flux's own endpoints (the run's OTLP receiver): calls to them are forwarded, not
+    /// stubbed, whether the app's client sends them through the proxy or not.
+    pass_through: Mutex<Vec<SocketAddr>>,
+    /// Answers for the requests being replayed, by their (fresh) trace id.
+    matchers: Mutex<HashMap<String, Matcher>>,
 }
 
 struct Ca {
@@ -81,7 +83,8 @@ impl Outbound {
                 issuer: Issuer::new(params, key),
                 leaves: Mutex::new(HashMap::new()),
             },
-            matcher: Mutex::new(None),
+            matchers: Mutex::new(HashMap::new()),
+            pass_through: Mutex::new(Vec::new()),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -95,18 +98,35 @@ impl Outbound {
         })
     }
 
-    /// The answers for the next replayed request.
-    pub fn set(&self, matcher: Matcher) {
-        *self.state.matcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(matcher);
-    }
-
-    /// Takes back the matcher after a request (with the calls it could not answer).
-    pub fn take(&self) -> Option<Matcher> {
+    /// The answers for the replayed request with trace id `trace`. A call is matched to
+    /// its request by the `traceparent` an instrumented client sends; a call without one
+    /// goes to the only request in flight (with `--concurrency 1`, always the case).
+    pub fn set(&self, trace: &str, matcher: Matcher) {
         self.state
-            .matcher
+            .matchers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take()
+            .insert(trace.to_string(), matcher);
+    }
+
+    /// Takes back a request's matcher after it finished (with the calls it could not
+    /// answer).
+    pub fn take(&self, trace: &str) -> Option<Matcher> {
+        self.state
+            .matchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(trace)
+    }
+
+    /// Forwards plain-HTTP calls addressed to `addr` instead of stubbing them (Flux's own
+    /// endpoints, which the app's exporter may reach through `HTTP_PROXY`).
+    pub fn pass_through(&self, addr: SocketAddr) {
+        self.state
+            .pass_through
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(addr);
     }
 
     /// The proxy URL for the app's environment.
@@ -159,9 +179,65 @@ where
 }
 
 fn response(status: u16, body: String) -> Response<Body> {
+    let json = body.trim_start().starts_with(['{', '[']);
     let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    if json {
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+    }
     r
+}
+
+/// The pass-through address a proxy request (absolute-form) or a direct one (the stub's
+/// own address) is meant for.
+fn forwarded_to(req: &Request<Incoming>, state: &State) -> Option<SocketAddr> {
+    let authority = req.uri().authority()?.as_str().to_string();
+    let targets = state.pass_through.lock().unwrap_or_else(|p| p.into_inner());
+    targets
+        .iter()
+        .find(|a| a.to_string() == authority || format!("localhost:{}", a.port()) == authority)
+        .copied()
+}
+
+/// Relays one request to `addr` over a fresh connection (Flux's own, on loopback).
+async fn forward(mut req: Request<Incoming>, addr: SocketAddr) -> Response<Body> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    match path.parse() {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(_) => return response(400, "flux replay stub: bad target\n".into()),
+    }
+    let relayed = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(std::io::Error::other)?;
+        // Flux's own answers are small: collected, not streamed.
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(std::io::Error::other)?;
+        Ok::<_, std::io::Error>(Response::from_parts(
+            parts,
+            Full::new(body.to_bytes()).boxed(),
+        ))
+    };
+    match relayed.await {
+        Ok(resp) => resp,
+        Err(e) => response(
+            502,
+            format!("flux replay stub: forwarding to {addr}: {e}\n"),
+        ),
+    }
 }
 
 async fn handle(
@@ -196,6 +272,7 @@ async fn handle(
         return Ok(Response::new(Empty::new().boxed()));
     }
     let host = tunnel_host
+        .clone()
         .or_else(|| req.uri().host().map(str::to_string))
         .or_else(|| {
             req.headers()
@@ -204,27 +281,46 @@ async fn handle(
                 .map(str::to_string)
         })
         .unwrap_or_default();
+    if tunnel_host.is_none() {
+        if let Some(addr) = forwarded_to(&req, &state) {
+            return Ok(forward(req, addr).await);
+        }
+    }
     let path = req.uri().path().to_string();
     let method = req.method().as_str().to_string();
+    let trace = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split('-').nth(1))
+        .map(str::to_ascii_lowercase);
     let answer = {
-        let mut m = state.matcher.lock().unwrap_or_else(|p| p.into_inner());
-        match m.as_mut() {
+        let mut matchers = state.matchers.lock().unwrap_or_else(|p| p.into_inner());
+        let only = (matchers.len() == 1)
+            .then(|| matchers.keys().next().cloned())
+            .flatten();
+        let key = trace.filter(|t| matchers.contains_key(t)).or(only);
+        match key.and_then(|k| matchers.get_mut(&k)) {
             Some(m) => m.answer(&method, &host, &path),
             None => Answer::Miss,
         }
     };
     match answer {
-        Answer::Recorded { status, delay } => {
+        Answer::Recorded {
+            status,
+            delay,
+            body,
+        } => {
             tokio::time::sleep(delay).await;
-            Ok(response(status, String::new()))
+            Ok(response(status, body.unwrap_or_default()))
         }
         Answer::Fixture { status, body } => Ok(response(status, body)),
         Answer::Fail {
             failure: Failure::Timeout,
             delay,
         } => {
-            // Held past the recorded duration, which is when the app gave up before.
-            tokio::time::sleep(delay * 2 + Duration::from_millis(500)).await;
+            // Never answered, as before: the app's own timeout ends it, or the cap does.
+            tokio::time::sleep(delay).await;
             Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "recorded timeout",

@@ -41,14 +41,19 @@ pub enum Failure {
 /// What the stub does with one call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    /// The recorded status, after the recorded delay.
+    /// The recorded status, after the recorded delay. Spans keep no bodies: the body is
+    /// the `[stubs]` fixture's for the same call when there is one, else empty.
     Recorded {
         /// Status.
         status: u16,
         /// Wait before answering.
         delay: Duration,
+        /// The fixture's body, if a fixture names this call.
+        body: Option<String>,
     },
-    /// The recorded failure, after the recorded delay.
+    /// The recorded failure: a reset after the recorded delay; a timeout held unanswered
+    /// for `delay` (`--max-delay`: the call never got an answer, so however long the app
+    /// now waits, it waits in vain, up to that cap).
     Fail {
         /// Which.
         failure: Failure,
@@ -104,21 +109,34 @@ impl Matcher {
         let found = self.recordings.iter_mut().find(|(r, used)| {
             !used && r.method.eq_ignore_ascii_case(method) && r.host == host && r.path == path
         });
+        let fixture = self.fixtures.iter().find(|f| {
+            f.method.eq_ignore_ascii_case(method)
+                && (f.host == "*" || f.host == host)
+                && f.path == path
+        });
         if let Some((r, used)) = found {
             *used = true;
             let delay = r.duration.min(self.max_delay);
             match (r.status, r.failure) {
-                (Some(status), _) => return Answer::Recorded { status, delay },
+                (Some(status), _) => {
+                    return Answer::Recorded {
+                        status,
+                        delay,
+                        body: fixture.map(|f| f.body.clone()),
+                    }
+                }
+                (None, Some(Failure::Timeout)) => {
+                    return Answer::Fail {
+                        failure: Failure::Timeout,
+                        delay: self.max_delay,
+                    }
+                }
                 (None, Some(failure)) => return Answer::Fail { failure, delay },
                 // Recorded without a status or a failure: nothing to reproduce.
                 (None, None) => {}
             }
         }
-        if let Some(f) = self
-            .fixtures
-            .iter()
-            .find(|f| f.method.eq_ignore_ascii_case(method) && f.host == host && f.path == path)
-        {
+        if let Some(f) = fixture {
             return Answer::Fixture {
                 status: f.status,
                 body: f.body.clone(),
@@ -242,14 +260,16 @@ mod tests {
             m.answer("post", "PAY.example.com:443", "/charge"),
             Answer::Recorded {
                 status: 200,
-                delay: ms(5)
+                delay: ms(5),
+                body: None,
             }
         );
         assert_eq!(
             m.answer("POST", "pay.example.com", "/charge?y"),
             Answer::Recorded {
                 status: 502,
-                delay: ms(30)
+                delay: ms(30),
+                body: None,
             }
         );
         assert_eq!(m.answer("POST", "pay.example.com", "/charge"), Answer::Miss);
@@ -300,6 +320,41 @@ mod tests {
                 failure: Failure::Reset,
                 ..
             }
+        ));
+    }
+
+    #[test]
+    fn a_recorded_status_takes_its_body_from_a_fixture_for_the_same_call() {
+        let spans = vec![client(
+            1,
+            40,
+            &[
+                ("http.method", "POST"),
+                ("http.url", "http://127.0.0.1:9100/charge"),
+                ("http.status_code", "200"),
+            ],
+            None,
+        )];
+        let fixture = StubFixture {
+            method: "POST".into(),
+            host: "*".into(),
+            path: "/charge".into(),
+            status: 200,
+            body: r#"{"id": "ch_stub"}"#.into(),
+        };
+        let mut m = Matcher::new(&spans, vec![fixture], Duration::from_secs(30));
+        assert_eq!(
+            m.answer("POST", "127.0.0.1:9100", "/charge"),
+            Answer::Recorded {
+                status: 200,
+                delay: Duration::from_millis(40),
+                body: Some(r#"{"id": "ch_stub"}"#.into()),
+            }
+        );
+        // The recording is used up; the wildcard fixture answers the retry.
+        assert!(matches!(
+            m.answer("POST", "10.0.0.1", "/charge"),
+            Answer::Fixture { status: 200, .. }
         ));
     }
 

@@ -90,7 +90,7 @@ async fn calls_are_answered_from_the_recording() {
         status: 200,
         body: r#"{"rate": 1}"#.into(),
     }];
-    stub.set(Matcher::new(&spans, fixtures, Duration::from_secs(30)));
+    stub.set("t", Matcher::new(&spans, fixtures, Duration::from_secs(30)));
     let proxy = stub.url();
     let ca = stub.ca_file.display().to_string();
     let results = tokio::task::spawn_blocking(move || {
@@ -141,6 +141,6 @@ async fn calls_are_answered_from_the_recording() {
         "{}",
         unknown.2
     );
-    let m = stub.take().expect("matcher");
+    let m = stub.take("t").expect("matcher");
     assert_eq!(m.misses, vec!["GET unknown.example.com/x".to_string()]);
 }
