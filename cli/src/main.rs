@@ -1,5 +1,6 @@
 //! `flux`: the command-line entry point. Parses arguments, wires the library crates
-//! together and renders; the logic lives in `flux-proxy`, `flux-store` and `flux-ingest`.
+//! together and renders; the logic lives in `flux-proxy`, `flux-store`, `flux-ingest`, `flux-recorder` and
+//! `flux-replay`.
 
 mod commands;
 mod output;
@@ -34,6 +35,9 @@ enum Command {
     Trace(commands::trace::TraceArgs),
     /// Why a request failed: root cause, location, data changes, a suggestion.
     Why(commands::why::WhyArgs),
+    /// Replay recorded requests against the current code (`flux incident replay 14:00..14:05`).
+    #[command(subcommand)]
+    Incident(commands::incident::IncidentCommand),
     /// Load OTLP/JSON trace files (one export per line) into a data dir, offline.
     Ingest(commands::ingest::IngestArgs),
 }
@@ -41,7 +45,12 @@ enum Command {
 fn main() -> ExitCode {
     // clap exits with status 2 on usage errors, 0 for --help/--version.
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    // A replay runs a proxy, a gateway and an OTLP receiver in-process: their start and
+    // stop notes would only interleave with the report.
+    let quiet = matches!(cli.command, Command::Incident(_))
+        && std::env::var_os("FLUX_LOG").is_none()
+        && cli.log == "info";
+    init_logging(if quiet { "warn" } else { &cli.log });
     let result = match cli.command {
         Command::Proxy(args) => commands::proxy::run(args),
         Command::State(command) => commands::state::run(command),
@@ -49,6 +58,8 @@ fn main() -> ExitCode {
         Command::Tail(args) => commands::tail::run(args),
         Command::Trace(args) => commands::trace::run(args),
         Command::Ingest(args) => commands::ingest::run(args),
+        // Its own exit statuses: 1 when a replayed request fails, 2 when it cannot run.
+        Command::Incident(command) => return commands::incident::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

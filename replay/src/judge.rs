@@ -97,9 +97,11 @@ impl Ignore {
     }
 
     fn column(&self, table: &str, column: &str) -> bool {
-        self.patterns
-            .iter()
-            .any(|(t, c)| c == column && t.as_deref().is_none_or(|t| t == table))
+        self.patterns.iter().any(|(t, c)| {
+            // `orders.x` and `public.orders.x` name one table, as everywhere in the CLI.
+            let bare = |t: &'_ str| t.strip_prefix("public.").unwrap_or(t).to_string();
+            c == column && t.as_deref().is_none_or(|t| bare(t) == bare(table))
+        })
     }
 
     fn key(&self, key: &str) -> bool {

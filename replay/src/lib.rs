@@ -1,7 +1,6 @@
 //! `flux-replay`: sending recorded requests to current code, and judging the result.
 //!
-//! Built so far (the engine's parts; the driver that runs the app, the outbound stub's
-//! server and `flux incident replay` come next):
+//! - [`run`]: the driver behind `flux incident replay`, using the parts below.
 //! - [`app`]: the app under replay, started in its own process group and always stopped.
 //! - [`config`]: `flux.toml`, found like `.git` (this directory or a parent).
 //! - [`window`]: the time windows `flux incident replay` takes (`14:00..14:05`, `-30m..`).
@@ -22,5 +21,6 @@ pub mod config;
 pub mod judge;
 pub mod outbound;
 pub mod restore;
+pub mod run;
 pub mod stub;
 pub mod window;

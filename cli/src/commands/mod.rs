@@ -1,5 +1,6 @@
 //! One module per `flux` subcommand.
 
+pub mod incident;
 pub mod ingest;
 pub mod proxy;
 pub mod state;

@@ -166,6 +166,31 @@ fn window(args: &HistoryArgs) -> anyhow::Result<(Option<Nanos>, Option<Nanos>)> 
     Ok((None, None))
 }
 
+/// Opens the record a request address points into and resolves the id: `ID` is in the
+/// data dir's record, `RUN:ID` in the record of replay run `RUN`
+/// (`<data-dir>/replays/RUN`, as `flux incident replay` names them).
+pub(crate) fn open_request(dir: &Path, given: &str) -> anyhow::Result<(Store, String)> {
+    let given = given.strip_prefix("req:").unwrap_or(given);
+    let Some((run, id)) = given.split_once(':') else {
+        let store = open(dir)?;
+        let id = resolve_request(&store, given)?;
+        return Ok((store, id));
+    };
+    let path = flux_replay::run::run_store(dir, run);
+    if !path.is_dir() {
+        bail!(
+            "no replay run {run:?} in {}: flux incident replay prints its run's name (ls {} lists them)",
+            dir.display(),
+            dir.join("replays").display()
+        );
+    }
+    // The original's id names its replay in the run; the replay's own id works too.
+    let id = flux_replay::run::replay_of(dir, run, id).unwrap_or_else(|| id.to_string());
+    let store = open(&path)?;
+    let id = resolve_request(&store, &id)?;
+    Ok((store, id))
+}
+
 /// Resolves a request id or unique prefix (4+ characters, `req:` optional).
 pub(crate) fn resolve_request(store: &Store, given: &str) -> anyhow::Result<String> {
     let given = given.strip_prefix("req:").unwrap_or(given);
@@ -332,11 +357,16 @@ fn gap_lines(gaps: &[Gap]) -> Vec<String> {
 }
 
 fn history(args: HistoryArgs) -> anyhow::Result<()> {
-    let store = open(&args.common.data_dir)?;
+    let (store, request) = match &args.request {
+        Some(r) => {
+            let (store, id) = open_request(&args.common.data_dir, r)?;
+            (store, Some(id))
+        }
+        None => (open(&args.common.data_dir)?, None),
+    };
     let (from, to) = window(&args)?;
     let mut statements = Vec::new();
-    let (title, entries, gaps) = if let Some(request) = &args.request {
-        let id = resolve_request(&store, request)?;
+    let (title, entries, gaps) = if let Some(id) = request {
         let entries = store.request_history(&id)?;
         statements = store.request_statements(&id)?;
         let gaps = store

@@ -2,14 +2,14 @@
 //! statements inline) and `flux trace diff A B` (two requests aligned span by span).
 
 use crate::output::out;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use flux_store::trace::{diff, failure_message, is_failed, DiffRow, Tree, Verdict};
 use flux_store::{HistoryEntry, SpanSource, Store};
 use serde_json::{json, Value};
 
-use super::state::{change, entry_json, local, open, resolve_request, short, Format};
+use super::state::{change, entry_json, local, open_request, short, Format};
 
 /// `flux trace`.
 #[derive(Debug, Args)]
@@ -72,11 +72,11 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
     match (&args.command, &args.request) {
         (Some(TraceCommand::Diff { a, b, common }), _) => {
             let (dir, format) = common.resolve(&args.common)?;
-            run_diff(&open(&dir)?, a, b, format)
+            run_diff(&dir, a, b, format)
         }
         (None, Some(request)) => {
             let (dir, format) = args.common.resolve(&args.common)?;
-            run_trace(&open(&dir)?, request, format)
+            run_trace(&dir, request, format)
         }
         (None, None) => anyhow::bail!("give a request id: flux trace ID"),
     }
@@ -154,14 +154,16 @@ fn span_json(tree: &Tree, i: usize, depth: usize) -> Value {
     })
 }
 
-fn load(store: &Store, given: &str) -> anyhow::Result<(String, Tree)> {
-    let id = resolve_request(store, given)?;
+/// The request `given` names (`ID` or `RUN:ID`), its record and its span tree.
+fn load(dir: &Path, given: &str) -> anyhow::Result<(Store, String, Tree)> {
+    let (store, id) = open_request(dir, given)?;
     let tree = store.trace(&id)?;
-    Ok((id, tree))
+    Ok((store, id, tree))
 }
 
-fn run_trace(store: &Store, given: &str, format: Format) -> anyhow::Result<()> {
-    let (id, tree) = load(store, given)?;
+fn run_trace(dir: &Path, given: &str, format: Format) -> anyhow::Result<()> {
+    let (store, id, tree) = load(dir, given)?;
+    let store = &store;
     if format == Format::Json {
         let out = json!({
             "request": id,
@@ -271,12 +273,12 @@ fn changes_differ(a: &[HistoryEntry], b: &[HistoryEntry]) -> (Vec<String>, Vec<S
     (only_a, only_b)
 }
 
-fn run_diff(store: &Store, a: &str, b: &str, format: Format) -> anyhow::Result<()> {
-    let (ida, ta) = load(store, a)?;
-    let (idb, tb) = load(store, b)?;
+fn run_diff(dir: &Path, a: &str, b: &str, format: Format) -> anyhow::Result<()> {
+    let (sa, ida, ta) = load(dir, a)?;
+    let (sb, idb, tb) = load(dir, b)?;
     let rows: Vec<DiffRow> = diff(&ta, &tb);
-    let ca = store.request_history(&ida)?;
-    let cb = store.request_history(&idb)?;
+    let ca = sa.request_history(&ida)?;
+    let cb = sb.request_history(&idb)?;
     let (only_a, only_b) = changes_differ(&ca, &cb);
     if format == Format::Json {
         let out = json!({

@@ -9,7 +9,7 @@ use clap::Args;
 use flux_store::Outcome;
 use serde_json::json;
 
-use super::state::{change, entry_json, local, one_line, open, resolve_request, Format};
+use super::state::{change, entry_json, local, one_line, open_request, Format};
 
 /// `flux why`.
 #[derive(Debug, Args)]
@@ -41,8 +41,7 @@ pub fn run(args: WhyArgs) -> anyhow::Result<()> {
     if args.format == Format::Csv {
         anyhow::bail!("flux why has no CSV layout: use --format text or --format json");
     }
-    let store = open(&args.data_dir)?;
-    let id = resolve_request(&store, &args.request)?;
+    let (store, id) = open_request(&args.data_dir, &args.request)?;
     let why = store.why(&id)?;
     if args.format == Format::Json {
         let out = json!({
