@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The demo: a temporary PostgreSQL cluster, `flux proxy` in front of it (recording into a
 # RocksDB store and receiving OTLP traces), the example shop (examples/shop: Flask + the
-# OpenTelemetry SDK) and its fake payment server. It sends a few requests, one a checkout
-# whose payment call times out after writing, and prints what Flux answers about them:
-# flux tail, flux why, flux trace, flux trace diff, flux state history and blame.
+# OpenTelemetry SDK) behind the proxy's HTTP recorder, and its fake payment server. It
+# sends a few requests, one a checkout whose payment call times out after writing, and
+# prints what Flux answers about them: flux tail, flux why, flux trace, flux trace diff,
+# flux state history and blame. Then it replays the incident on a scratch database twice:
+# against the unchanged shop (still failing), and with a fix (resolved).
 # Stays up until Ctrl-C when run from a terminal (or with DEMO_HOLD=1).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -42,37 +44,50 @@ as_pg "$PGBIN/pg_ctl" -D "$work/data" -l "$work/postgres.log" -o "-p $PG_PORT" -
 
 FLUX_PORT=$(free_port)
 OTLP_PORT=$(free_port)
+GW_PORT=$(free_port)
+APP_PORT=$(free_port)
 DATA="$work/flux-data"
-echo "==> starting flux proxy on 127.0.0.1:$FLUX_PORT (OTLP on 127.0.0.1:$OTLP_PORT)" >&2
+echo "==> starting flux proxy on 127.0.0.1:$FLUX_PORT (OTLP on 127.0.0.1:$OTLP_PORT, HTTP recorder on 127.0.0.1:$GW_PORT)" >&2
 "$FLUX" proxy --listen "127.0.0.1:$FLUX_PORT" --upstream "postgres://postgres@127.0.0.1:$PG_PORT/postgres" \
-  --data-dir "$DATA" --otlp "127.0.0.1:$OTLP_PORT" 2>"$work/flux.log" &
+  --data-dir "$DATA" --otlp "127.0.0.1:$OTLP_PORT" \
+  --http-listen "127.0.0.1:$GW_PORT" --http-upstream "http://127.0.0.1:$APP_PORT" 2>"$work/flux.log" &
 pids+=($!)
 wait_for "$work/flux.log" "listening on" "flux proxy"
 URL="postgresql://postgres@127.0.0.1:$FLUX_PORT/postgres"
 psql -X -q "$URL" -v ON_ERROR_STOP=1 -f "$here/examples/shop/schema.sql"
+# The scratch database replays write to: the same schema, beside the recorded one.
+SCRATCH="postgresql://postgres@127.0.0.1:$PG_PORT/shop_scratch"
+psql -X -q "postgresql://postgres@127.0.0.1:$PG_PORT/postgres" -c 'CREATE DATABASE shop_scratch'
+psql -X -q "$SCRATCH" -v ON_ERROR_STOP=1 -f "$here/examples/shop/schema.sql"
+# The shop runs from a copy, so the demo can fix it without touching the checkout.
+cp -r "$here/examples/shop" "$work/shop"
+export PATH="$(dirname "$PY"):$PATH"
 
 PAY_PORT=$(free_port)
-APP_PORT=$(free_port)
 "$PY" "$here/examples/shop/payments.py" "$PAY_PORT" 2>"$work/payments.log" &
 pids+=($!)
 echo "==> starting the example shop on 127.0.0.1:$APP_PORT (DATABASE_URL -> flux proxy)" >&2
 DATABASE_URL="$URL" OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$OTLP_PORT" OTEL_BSP_SCHEDULE_DELAY=300 \
-  PAYMENT_URL="http://127.0.0.1:$PAY_PORT" PORT="$APP_PORT" "$PY" "$here/examples/shop/app.py" 2>"$work/app.log" &
+  PAYMENT_URL="http://127.0.0.1:$PAY_PORT" PORT="$APP_PORT" SHOP_OUTBOX="$work/outbox" \
+  "$PY" "$work/shop/app.py" 2>"$work/app.log" &
 pids+=($!)
 wait_for "$work/app.log" "Running on" "the example shop"
 
 call() { # METHOD PATH [JSON]
   local code
-  code=$(curl -s -o /dev/null -w '%{http_code}' -X "$1" "http://127.0.0.1:$APP_PORT$2" \
+  code=$(curl -s -o /dev/null -w '%{http_code}' -X "$1" "http://127.0.0.1:$GW_PORT$2" \
     -H 'Content-Type: application/json' ${3:+--data "$3"})
   printf '    %-5s %-22s -> %s\n' "$1" "$2" "$code" >&2
 }
-echo "==> requests" >&2
+echo "==> requests (through flux proxy's HTTP recorder)" >&2
+FROM=$(date +%H:%M:%S)
 call POST /users '{"id": 42, "email": "a@b.com"}'
 call POST /users '{"id": 7, "email": "c@d.com", "name": "Carol"}'
 call GET /users/42
 call POST /checkout '{"user_id": 7, "amount": 25}'
 call POST /checkout '{"user_id": 42, "amount": 5000}'  # the payment server stalls: 500
+sleep 1
+TO=$(date +%H:%M:%S)
 
 # The SDK exports in batches; wait until all five requests' root spans are recorded.
 for _ in $(seq 100); do
@@ -94,9 +109,21 @@ show trace diff "${paid:0:8}" "${failed:0:8}"
 show state history users --id 42
 show state blame users --id 42
 
+# Replay the incident against the shop as it is: the timeout is still there.
+replay() {
+  echo; echo "\$ flux incident replay $FROM..$TO"
+  (cd "$work/shop" && "$FLUX" incident replay "$FROM..$TO" --data-dir "$DATA" --database "$SCRATCH") || true
+}
+replay
+# The fix: wait longer for the payment provider, and retry once.
+sed -i 's/"PAYMENT_TIMEOUT", "1"/"PAYMENT_TIMEOUT", "5"/; s/^PAYMENT_ATTEMPTS = 1$/PAYMENT_ATTEMPTS = 2/' "$work/shop/app.py"
+echo; echo "==> the fix:" >&2
+diff -u "$here/examples/shop/app.py" "$work/shop/app.py" | sed -n '/^@@/,$p' | grep '^[-+]' | grep -v '^[-+][-+]' || true
+replay
+
 cat <<MSG
 
-  The shop:        http://127.0.0.1:$APP_PORT   (POST /checkout {"user_id": 42, "amount": 5000} fails)
+  The shop:        http://127.0.0.1:$GW_PORT   (through the HTTP recorder; POST /checkout {"user_id": 42, "amount": 5000} fails)
   DATABASE_URL:    $URL
   OTLP endpoint:   http://127.0.0.1:$OTLP_PORT
   Data dir:        $DATA   (flux tail --data-dir $DATA)

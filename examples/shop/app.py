@@ -11,7 +11,13 @@ Endpoints:
   POST /users/<id>/upgrade    {"plan"}                   -> 200
   GET  /users/<id>                                       -> 200 / 404
   POST /checkout              {"user_id", "amount"}      -> 201, or 500 when the payment
-      call times out; the order and the plan change it wrote are then rolled back.
+      call times out; the order and the plan change it wrote are then rolled back. A paid
+      order gets a confirmation e-mail (appended to SHOP_OUTBOX when set).
+  GET  /health                                           -> 200
+
+Under `flux incident replay` (FLUX_REPLAY=1) the shop sends no e-mail: replay re-runs
+recorded requests, and a customer must not get a second confirmation. Outbound HTTP needs
+no such care: replay points HTTP_PROXY at its stub, which answers from the recording.
 """
 
 import os
@@ -42,6 +48,9 @@ FlaskInstrumentor().instrument_app(app)
 DATABASE_URL = os.environ["DATABASE_URL"]
 PAYMENT_URL = os.environ.get("PAYMENT_URL", "http://127.0.0.1:9100")
 PAYMENT_TIMEOUT = float(os.environ.get("PAYMENT_TIMEOUT", "1"))
+PAYMENT_ATTEMPTS = 1
+OUTBOX = os.environ.get("SHOP_OUTBOX")
+REPLAY = os.environ.get("FLUX_REPLAY") == "1"
 
 
 def connect():
@@ -77,14 +86,34 @@ def get_user(user_id):
     return jsonify(dict(zip(("id", "email", "name", "plan"), row)))
 
 
+@app.get("/health")
+def health():
+    return jsonify(ok=True)
+
+
 def charge(amount):
     with tracer.start_as_current_span("payment.charge") as span:
         span.set_attribute("payment.amount", amount)
-        reply = requests.post(
-            PAYMENT_URL + "/charge", json={"amount": amount}, timeout=PAYMENT_TIMEOUT
-        )
-        reply.raise_for_status()
-        return reply.json()["id"]
+        for attempt in range(1, PAYMENT_ATTEMPTS + 1):
+            try:
+                reply = requests.post(
+                    PAYMENT_URL + "/charge", json={"amount": amount}, timeout=PAYMENT_TIMEOUT
+                )
+                reply.raise_for_status()
+                return reply.json()["id"]
+            except (requests.Timeout, requests.ConnectionError):
+                if attempt == PAYMENT_ATTEMPTS:
+                    raise
+
+
+def send_confirmation(user_id, order_id):
+    if REPLAY:
+        app.logger.info("replay: no confirmation e-mail for order %s", order_id)
+        return
+    with tracer.start_as_current_span("send_confirmation"):
+        if OUTBOX:
+            with open(OUTBOX, "a") as out:
+                out.write(f"to user {user_id}: order {order_id} is paid\n")
 
 
 @app.post("/checkout")
@@ -105,6 +134,7 @@ def checkout():
             charge_id = charge(amount)
             cur.execute("UPDATE orders SET status = 'paid' WHERE id = %s", (order_id,))
         conn.commit()
+        send_confirmation(user_id, order_id)
         return jsonify(order=order_id, charge=charge_id), 201
     except Exception:
         conn.rollback()
