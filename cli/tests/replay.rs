@@ -17,7 +17,7 @@ mod common;
 
 use common::{call, flux, flux_json, python, shop, wait_port, Running};
 use flux_integration_tests::pg::{free_port, Options, PgCluster, DB, PASSWORD, USER};
-use flux_integration_tests::process::start_proxy;
+use flux_integration_tests::process::{signal, start_proxy, wait_exit};
 use serde_json::Value;
 
 /// The recorded database's rows, to prove the replay never wrote there.
@@ -272,6 +272,21 @@ async fn an_incident_replays_still_failing_then_resolved_after_the_fix() {
         "{why:#}"
     );
 
+    // Selections: only what failed; only one route.
+    let only = |extra: &[&str]| {
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend_from_slice(extra);
+        let (_, out, err) = replay(&copy, &py, &a);
+        serde_json::from_str::<Value>(&out).unwrap_or_else(|_| panic!("{out}\n{err}"))
+    };
+    let failed_only = only(&["--failed-only"]);
+    assert_eq!(failed_only["replayed"], 1, "{failed_only:#}");
+    assert_eq!(
+        failed_only["results"][0]["request"].as_str(),
+        Some(failed_id.as_str())
+    );
+    assert_eq!(only(&["--route", "POST /checkout"])["replayed"], 2);
+
     // The fix: a longer timeout and one retry.
     let code_path = copy.join("app.py");
     let fixed = std::fs::read_to_string(&code_path)
@@ -282,7 +297,7 @@ async fn an_incident_replays_still_failing_then_resolved_after_the_fix() {
     let (code, out, err) = replay(&copy, &py, &args);
     assert_eq!(code, 0, "resolved: {out}\n{err}");
     let second: Value = serde_json::from_str(&out).expect("json report");
-    assert_eq!(second["run"], "r2");
+    assert_eq!(second["run"], "r4", "after r2 and r3, the selections");
     assert_eq!(second["resolved"], true);
     assert_eq!(second["passing"], 6, "{second:#}");
     let fixed = by_target(&second, "POST", "/checkout", 1);
@@ -293,6 +308,45 @@ async fn an_incident_replays_still_failing_then_resolved_after_the_fix() {
         fixed["duration_ms"].as_u64().unwrap_or(0) >= 2000,
         "{fixed:#}"
     );
+
+    // Ctrl-C while the app starts: flux stops it (its whole process group) and exits.
+    let hung = work.path().join("hung");
+    std::fs::create_dir_all(&hung).expect("dir");
+    std::fs::write(
+        hung.join("flux.toml"),
+        format!(
+            "[app]\nstart = \"echo $$ > app.pid; exec sleep 300\"\nurl = \"http://127.0.0.1:{{port}}\"\nready = \"/health\"\n\n[replay]\ndatabase = {scratch:?}\n"
+        ),
+    )
+    .expect("flux.toml");
+    let mut child = flux()
+        .current_dir(&hung)
+        .args(["incident", "replay", &window, "--data-dir", &data_dir])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flux incident replay");
+    let pid_file = hung.join("app.pid");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the app never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    signal(&child, "-INT");
+    let status = wait_exit(&mut child, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(130));
+    let alive = Command::new("kill")
+        .args(["-0", &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .expect("kill -0");
+    assert!(!alive.success(), "the app (pid {pid}) outlived the replay");
 
     // Nothing reached the recorded database or the customer's inbox.
     assert_eq!(snapshot(&pg), recorded);

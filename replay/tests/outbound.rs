@@ -1,6 +1,7 @@
 //! The outbound stub with a real client (`curl` through it as a proxy): recorded answers
 //! with their delays, HTTPS through CONNECT verified against the run's CA, a recorded
-//! timeout the client runs into, fixtures, and misses that name the call.
+//! timeout the client runs into, fixtures, misses that name the call, and Flux's own
+//! endpoints forwarded rather than stubbed.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -143,4 +144,41 @@ async fn calls_are_answered_from_the_recording() {
     );
     let m = stub.take("t").expect("matcher");
     assert_eq!(m.misses, vec!["GET unknown.example.com/x".to_string()]);
+}
+
+/// Flux's own endpoints (the run's OTLP receiver) are reached through the stub, not
+/// stubbed: an exporter that honours HTTP_PROXY for every host still delivers its spans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_to_flux_own_endpoints_are_forwarded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = receiver.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = receiver.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+            // Origin-form, as a direct client would send it.
+            let line = head.lines().next().unwrap_or("").to_string();
+            let body = format!("received: {line}");
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(reply.as_bytes()).await;
+        }
+    });
+    let dir = tempfile::tempdir().expect("tmp");
+    let stub = Outbound::start(dir.path()).await.expect("stub");
+    stub.pass_through(addr);
+    let proxy = stub.url();
+    let target = format!("http://{addr}/v1/traces");
+    let (code, status, body, _) =
+        tokio::task::spawn_blocking(move || curl(&proxy, &["-X", "POST", &target]))
+            .await
+            .expect("curl");
+    assert_eq!((code, status), (0, 200));
+    assert_eq!(body, "received: POST /v1/traces HTTP/1.1");
 }
