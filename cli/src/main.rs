@@ -38,6 +38,9 @@ enum Command {
     /// Replay recorded requests against the current code (`flux incident replay 14:00..14:05`).
     #[command(subcommand)]
     Incident(commands::incident::IncidentCommand),
+    /// Find the commit that broke a recorded request (`flux bug bisect --request ID`).
+    #[command(subcommand)]
+    Bug(commands::bug::BugCommand),
     /// Load OTLP/JSON trace files (one export per line) into a data dir, offline.
     Ingest(commands::ingest::IngestArgs),
 }
@@ -47,7 +50,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // A replay runs a proxy, a gateway and an OTLP receiver in-process: their start and
     // stop notes would only interleave with the report.
-    let quiet = matches!(cli.command, Command::Incident(_))
+    let quiet = matches!(cli.command, Command::Incident(_) | Command::Bug(_))
         && std::env::var_os("FLUX_LOG").is_none()
         && cli.log == "info";
     init_logging(if quiet { "warn" } else { &cli.log });
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Ingest(args) => commands::ingest::run(args),
         // Its own exit statuses: 1 when a replayed request fails, 2 when it cannot run.
         Command::Incident(command) => return commands::incident::run(command),
+        Command::Bug(command) => return commands::bug::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -109,13 +109,19 @@ fn stringify_timestamps(value: &mut serde_json::Value) {
 pub fn convert(request: ExportTraceServiceRequest) -> Result<Vec<Span>, IngestError> {
     let mut out = Vec::new();
     for (r, resource_spans) in request.resource_spans.into_iter().enumerate() {
-        let service = resource_spans.resource.as_ref().and_then(|res| {
-            res.attributes
-                .iter()
-                .find(|kv| kv.key == "service.name")
-                .and_then(|kv| kv.value.as_ref())
-                .map(text)
-        });
+        let resource = |key: &str| {
+            resource_spans.resource.as_ref().and_then(|res| {
+                res.attributes
+                    .iter()
+                    .find(|kv| kv.key == key)
+                    .and_then(|kv| kv.value.as_ref())
+                    .map(text)
+            })
+        };
+        let service = resource("service.name");
+        // Which build served the request (bisect's default good end), kept on the spans
+        // where a request enters the service.
+        let version = resource("service.version");
         for (s, scope) in resource_spans.scope_spans.into_iter().enumerate() {
             for (i, sp) in scope.spans.into_iter().enumerate() {
                 let at = || format!("resourceSpans[{r}].scopeSpans[{s}].spans[{i}]");
@@ -148,7 +154,15 @@ pub fn convert(request: ExportTraceServiceRequest) -> Result<Vec<Span>, IngestEr
                     start: sp.start_time_unix_nano,
                     end: sp.end_time_unix_nano.max(sp.start_time_unix_nano),
                     error,
-                    attributes: attributes(&sp.attributes),
+                    attributes: {
+                        let mut a = attributes(&sp.attributes);
+                        let entry = sp.kind == span::SpanKind::Server as i32
+                            || sp.parent_span_id.is_empty();
+                        if let (Some(v), true) = (&version, entry) {
+                            a.push(("service.version".to_string(), v.clone()));
+                        }
+                        a
+                    },
                     events: sp
                         .events
                         .into_iter()

@@ -1,6 +1,8 @@
 //! `flux-replay`: sending recorded requests to current code, and judging the result.
 //!
 //! - [`run`]: the driver behind `flux incident replay`, using the parts below.
+//! - [`bisect`]: `flux bug bisect`, git's bisect in a temporary worktree ([`git`]) with a
+//!   replay of the request judging each commit.
 //! - [`app`]: the app under replay, started in its own process group and always stopped.
 //! - [`config`]: `flux.toml`, found like `.git` (this directory or a parent).
 //! - [`window`]: the time windows `flux incident replay` takes (`14:00..14:05`, `-30m..`).
@@ -17,7 +19,9 @@
 )]
 
 pub mod app;
+pub mod bisect;
 pub mod config;
+pub mod git;
 pub mod judge;
 pub mod outbound;
 pub mod restore;

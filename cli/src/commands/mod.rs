@@ -1,5 +1,6 @@
 //! One module per `flux` subcommand.
 
+pub mod bug;
 pub mod incident;
 pub mod ingest;
 pub mod proxy;

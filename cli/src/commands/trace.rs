@@ -284,6 +284,7 @@ fn run_diff(dir: &Path, a: &str, b: &str, format: Format) -> anyhow::Result<()> 
         let out = json!({
             "before": ida,
             "after": idb,
+            "columns": [labels(a, b).0, labels(a, b).1],
             "spans": rows,
             "data_changes": {
                 "before": ca.iter().map(entry_json).collect::<Vec<_>>(),
@@ -307,19 +308,20 @@ fn run_diff(dir: &Path, a: &str, b: &str, format: Format) -> anyhow::Result<()> 
         .max()
         .unwrap_or(4)
         .clamp(4, 48);
+    let (la, lb) = labels(a, b);
     out!();
     out!(
-        "  {:<width$}  {:<12} {:<12}    {} → {}",
+        "  {:<width$}  {:<14} {:<14}    {} → {}",
         "SPAN",
-        "BEFORE",
-        "AFTER",
+        la,
+        lb,
         short(Some(&ida)),
         short(Some(&idb))
     );
-    out!("  {}", "─".repeat(width + 40));
+    out!("  {}", "─".repeat(width + 44));
     for (r, name) in rows.iter().zip(&names) {
         out!(
-            "  {:<width$}  {:<12} {:<12} {}",
+            "  {:<width$}  {:<14} {:<14} {}",
             truncate(name, width),
             side(&r.before),
             side(&r.after),
@@ -340,9 +342,48 @@ fn run_diff(dir: &Path, a: &str, b: &str, format: Format) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Column names for `trace diff A B`: `BEFORE`/`AFTER` within one record; with a run
+/// (`RUN:ID`), `COMMIT abc1234` for a bisect's runs (named by commit), `RUN r1` for a
+/// replay's, `RECORDED` for the recording itself.
+fn labels(a: &str, b: &str) -> (String, String) {
+    let run = |g: &str| {
+        g.strip_prefix("req:")
+            .unwrap_or(g)
+            .split_once(':')
+            .map(|(r, _)| r.to_string())
+    };
+    let name = |r: Option<String>| match r {
+        None => "RECORDED".to_string(),
+        Some(r) if r.len() >= 7 && r.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            format!("COMMIT {r}")
+        }
+        Some(r) => format!("RUN {r}"),
+    };
+    match (run(a), run(b)) {
+        (None, None) => ("BEFORE".into(), "AFTER".into()),
+        (x, y) => (name(x), name(y)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn diff_columns_name_commits_and_runs() {
+        assert_eq!(
+            labels("550e8400", "4f9a3b2c"),
+            ("BEFORE".into(), "AFTER".into())
+        );
+        assert_eq!(
+            labels("abc1234:550e8400", "def4567:550e8400"),
+            ("COMMIT abc1234".into(), "COMMIT def4567".into())
+        );
+        assert_eq!(
+            labels("550e8400", "r1:550e8400"),
+            ("RECORDED".into(), "RUN r1".into())
+        );
+    }
 
     #[test]
     fn prefixes_draw_the_tree() {

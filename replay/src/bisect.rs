@@ -1,0 +1,918 @@
+//! `flux bug bisect` (DESIGN §7, Bisect): finds the commit that broke a recorded request.
+//! In a temporary `git worktree` (the user's checkout, index, stash and branches are never
+//! touched), both ends are checked first, then `git bisect start BAD GOOD` and `git bisect
+//! run` with Flux as the judge: each commit is built (`[app] build`), its app started, the
+//! request's rows restored and the request replayed (the replay engine in [`crate::run`],
+//! each run stored under the commit's short hash), and judged: exit 0 (good), 1 (bad),
+//! 125 (skip: the build or the app's start failed).
+
+use std::io::{BufRead, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flux_store::trace::{is_failed, Tree};
+use flux_store::{Nanos, Store};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{self, ConfigError};
+use crate::git::{self, Commit, GitError, Worktree};
+use crate::run::{self, Options, ReplayError, Selection, VerdictView};
+
+/// Why a bisect could not run (exit status 2).
+#[derive(Debug, thiserror::Error)]
+pub enum BisectError {
+    /// `flux.toml`.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// git.
+    #[error(transparent)]
+    Git(#[from] GitError),
+    /// A replay could not run (the scratch database, the record).
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
+    /// The range, the request or `--fail-if`.
+    #[error("{0}")]
+    Usage(String),
+    /// Files of the bisect's own (state, log, temp dirs).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BisectError {
+    let what = what.into();
+    move |source| BisectError::Io { what, source }
+}
+
+/// A comparison in `--fail-if`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cmp {
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `==`
+    Eq,
+    /// `!=`
+    Ne,
+}
+
+impl Cmp {
+    fn holds(self, a: f64, b: f64) -> bool {
+        match self {
+            Cmp::Gt => a > b,
+            Cmp::Ge => a >= b,
+            Cmp::Lt => a < b,
+            Cmp::Le => a <= b,
+            Cmp::Eq => a == b,
+            Cmp::Ne => a != b,
+        }
+    }
+}
+
+/// `--fail-if`: when a commit counts as bad.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FailIf {
+    /// `status >= 500` (no answer counts as failing).
+    Status(Cmp, f64),
+    /// `span.NAME.duration > 5000` (ms; a missing span does not match).
+    Duration(String, Cmp, f64),
+    /// `span.NAME.error`.
+    Error(String),
+}
+
+const FAIL_IF_SHAPES: &str =
+    "expected `status >= 500`, `span.NAME.duration > MS` or `span.NAME.error`";
+
+/// Parses `--fail-if`.
+pub fn parse_fail_if(text: &str) -> Result<FailIf, BisectError> {
+    let bad = |why: &str| BisectError::Usage(format!("--fail-if {text:?}: {why}"));
+    let t = text.trim();
+    let ops = [
+        (">=", Cmp::Ge),
+        ("<=", Cmp::Le),
+        ("==", Cmp::Eq),
+        ("!=", Cmp::Ne),
+        (">", Cmp::Gt),
+        ("<", Cmp::Lt),
+    ];
+    let split = ops
+        .iter()
+        .find_map(|(s, op)| t.split_once(s).map(|(l, r)| (l.trim(), *op, r.trim())));
+    match split {
+        Some((lhs, op, rhs)) => {
+            let value: f64 = rhs
+                .parse()
+                .map_err(|_| bad(&format!("{rhs:?} is not a number; {FAIL_IF_SHAPES}")))?;
+            if lhs == "status" {
+                return Ok(FailIf::Status(op, value));
+            }
+            match lhs.strip_prefix("span.").and_then(|r| r.rsplit_once('.')) {
+                Some((name, "duration")) if !name.is_empty() => {
+                    Ok(FailIf::Duration(name.to_string(), op, value))
+                }
+                _ => Err(bad(FAIL_IF_SHAPES)),
+            }
+        }
+        None => match t.strip_prefix("span.").and_then(|r| r.rsplit_once('.')) {
+            Some((name, "error")) if !name.is_empty() => Ok(FailIf::Error(name.to_string())),
+            _ => Err(bad(FAIL_IF_SHAPES)),
+        },
+    }
+}
+
+/// What one commit's replay of the request showed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Observed {
+    /// The status (`None`: no answer).
+    pub status: Option<u16>,
+    /// Success status and no error on the request.
+    pub passing: bool,
+    /// The root cause, when failing.
+    pub cause: Option<String>,
+    /// Every span: name, duration (ns), failed.
+    pub spans: Vec<(String, u64, bool)>,
+    /// The span tree's shape: `depth name` per span, depth first.
+    pub signature: Vec<String>,
+}
+
+impl Observed {
+    /// From a span tree and the replay's verdict.
+    pub fn new(tree: &Tree, status: Option<u16>, passing: bool, cause: Option<String>) -> Self {
+        let walk = tree.walk();
+        Observed {
+            status,
+            passing,
+            cause,
+            spans: walk
+                .iter()
+                .filter_map(|&(i, _)| tree.nodes.get(i))
+                .map(|n| (n.span.name.clone(), n.span.duration(), is_failed(&n.span)))
+                .collect(),
+            signature: walk
+                .iter()
+                .filter_map(|&(i, d)| tree.nodes.get(i).map(|n| format!("{d} {}", n.span.name)))
+                .collect(),
+        }
+    }
+}
+
+/// How commits are judged: `--fail-if`, or a success status with the good end's span
+/// signature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Criterion {
+    /// `--fail-if`.
+    FailIf(FailIf),
+    /// Success status and, once the good end is known, its span tree shape.
+    Signature(Option<Vec<String>>),
+}
+
+/// Whether a commit passes under `criterion`, and why not.
+pub fn judge(criterion: &Criterion, seen: &Observed) -> Result<(), String> {
+    match criterion {
+        Criterion::FailIf(f) => {
+            let fails = match f {
+                FailIf::Status(op, v) => seen.status.is_none_or(|s| op.holds(f64::from(s), *v)),
+                FailIf::Duration(name, op, ms) => seen
+                    .spans
+                    .iter()
+                    .any(|(n, d, _)| n == name && op.holds(*d as f64 / 1e6, *ms)),
+                FailIf::Error(name) => seen.spans.iter().any(|(n, _, e)| n == name && *e),
+            };
+            if fails {
+                Err(match (f, seen.status) {
+                    (FailIf::Status(..), Some(s)) => format!("status {s}"),
+                    (FailIf::Status(..), None) => "no answer".into(),
+                    (FailIf::Duration(n, ..), _) => format!("span {n} too slow"),
+                    (FailIf::Error(n), _) => format!("span {n} failed"),
+                })
+            } else {
+                Ok(())
+            }
+        }
+        Criterion::Signature(expected) => {
+            if !seen.passing {
+                let status = seen
+                    .status
+                    .map_or("no answer".to_string(), |s| format!("HTTP {s}"));
+                return Err(match &seen.cause {
+                    Some(c) if *c != status => format!("{status}: {c}"),
+                    _ => status,
+                });
+            }
+            match expected {
+                Some(good) if *good != seen.signature => {
+                    let at = good
+                        .iter()
+                        .zip(&seen.signature)
+                        .position(|(a, b)| a != b)
+                        .unwrap_or(good.len().min(seen.signature.len()));
+                    let name = |s: Option<&String>| {
+                        s.map_or("nothing".to_string(), |s| {
+                            s.split_once(' ').map_or(s.clone(), |(_, n)| n.to_string())
+                        })
+                    };
+                    Err(format!(
+                        "span tree differs from the good end's: {} where it had {}",
+                        name(seen.signature.get(at)),
+                        name(good.get(at))
+                    ))
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+/// A tested commit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tested {
+    /// The commit.
+    pub commit: String,
+    /// Its short hash (also its replay run's name).
+    pub short: String,
+    /// `passes`, `fails` or `skipped`.
+    pub verdict: String,
+    /// Why it fails or was skipped.
+    pub reason: Option<String>,
+    /// `good end`, `bad end`, or none for bisect's own picks.
+    pub role: Option<String>,
+    /// What the replay showed (absent when skipped).
+    #[serde(skip)]
+    pub observed: Option<Observed>,
+    /// `[app] build`'s time, ms.
+    pub build_ms: u64,
+    /// The app's start-up, ms.
+    pub app_start_ms: u64,
+    /// The app answering the request, ms.
+    pub request_ms: u64,
+    /// Testing this commit, all told, ms.
+    pub total_ms: u64,
+}
+
+/// What the judge of one commit needs; written to a file for `git bisect run`'s child.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepState {
+    /// `flux.toml` (the user's, used for every commit).
+    pub config: PathBuf,
+    /// Overrides `[replay] database`.
+    pub database: Option<String>,
+    /// The recording's data dir.
+    pub data_dir: PathBuf,
+    /// The request.
+    pub request: String,
+    /// The app's directory relative to the repository's top.
+    pub app_dir: PathBuf,
+    /// How to judge.
+    pub criterion: Criterion,
+    /// The stub's delay cap, ms.
+    pub max_delay_ms: u64,
+    /// Where each tested commit is appended (JSON lines).
+    pub log: PathBuf,
+}
+
+/// The environment variable naming the step state file.
+pub const STATE_ENV: &str = "FLUX_BISECT_STATE";
+
+/// Tests the commit checked out in `worktree`: build, replay the request, judge.
+/// `Err` only for what must stop the bisect (the scratch database, the record).
+pub async fn test_commit(state: &StepState, worktree: &Path) -> Result<Tested, BisectError> {
+    let began = std::time::Instant::now();
+    let hash = git::head(worktree)?;
+    let c = git::commit(worktree, &hash)?;
+    let mut config = config::load(&state.config)?;
+    if let Some(db) = &state.database {
+        config.replay.database = db.clone();
+    }
+    let app_dir = worktree.join(&state.app_dir);
+    let mut build_ms = 0;
+    let tested = |verdict: &str, reason: Option<String>, observed, times: (u64, u64, u64)| Tested {
+        commit: c.hash.clone(),
+        short: c.short.clone(),
+        verdict: verdict.to_string(),
+        reason,
+        role: None,
+        observed,
+        build_ms: times.0,
+        app_start_ms: times.1,
+        request_ms: times.2,
+        total_ms: began.elapsed().as_millis() as u64,
+    };
+    if let Some(build) = &config.app.build {
+        let building = std::time::Instant::now();
+        let log = state.log.with_extension(format!("build-{}.log", c.short));
+        let out = std::fs::File::create(&log).map_err(io("creating the build log"))?;
+        let err = out.try_clone().map_err(io("creating the build log"))?;
+        let status = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(build)
+            .current_dir(&app_dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true)
+            .status()
+            .await
+            .map_err(io("running [app] build"))?;
+        build_ms = building.elapsed().as_millis() as u64;
+        if !status.success() {
+            return Ok(tested(
+                "skipped",
+                Some(format!("build failed ({status}; {})", log.display())),
+                None,
+                (build_ms, 0, 0),
+            ));
+        }
+    }
+    let mut options = Options::new(
+        config,
+        state.data_dir.clone(),
+        Selection {
+            requests: vec![state.request.clone()],
+            ..Selection::default()
+        },
+    );
+    options.app_dir = Some(app_dir);
+    options.run = Some(c.short.clone());
+    options.max_delay = Duration::from_millis(state.max_delay_ms);
+    let report = match run::replay(options, &mut |_| {}).await {
+        Ok(r) => r,
+        Err(ReplayError::App(e)) => {
+            return Ok(tested(
+                "skipped",
+                Some(format!(
+                    "the app did not start: {}",
+                    first_line(&e.to_string())
+                )),
+                None,
+                (build_ms, 0, 0),
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let Some(r) = report.results.first() else {
+        return Err(BisectError::Usage(
+            "the request was not replayed (see flux incident replay --request)".into(),
+        ));
+    };
+    let store = Store::open_reader(&run::run_store(&state.data_dir, &c.short)).map_err(|e| {
+        BisectError::Replay(ReplayError::RunStore {
+            path: report.store.clone(),
+            source: e,
+        })
+    })?;
+    let tree = store.trace(&r.replay).map_err(|e| {
+        BisectError::Replay(ReplayError::RunStore {
+            path: report.store.clone(),
+            source: e,
+        })
+    })?;
+    let passing = !r.verdict.failing();
+    let cause = match &r.verdict {
+        VerdictView::StillFailing { cause } | VerdictView::NowFailing { cause } => {
+            Some(cause.clone())
+        }
+        VerdictView::Passing { .. } => None,
+    };
+    let seen = Observed::new(&tree, r.status, passing, cause);
+    let times = (build_ms, report.app_start_ms, r.duration_ms);
+    Ok(match judge(&state.criterion, &seen) {
+        Ok(()) => tested("passes", None, Some(seen), times),
+        Err(why) => tested("fails", Some(why), Some(seen), times),
+    })
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").to_string()
+}
+
+/// The judge `git bisect run` calls (`flux bug bisect-step`): tests the checked-out
+/// commit, appends it to the log, and answers git: 0 good, 1 bad, 125 skip, 255 to stop.
+pub async fn step() -> u8 {
+    let state = match std::env::var_os(STATE_ENV)
+        .ok_or_else(|| format!("{STATE_ENV} is not set: this is run by flux bug bisect"))
+        .and_then(|p| std::fs::read(&p).map_err(|e| e.to_string()))
+        .and_then(|b| serde_json::from_slice::<StepState>(&b).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 255;
+        }
+    };
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let result = test_commit(&state, &cwd).await;
+    let (line, code) = match result {
+        Ok(t) => {
+            let code = match t.verdict.as_str() {
+                "passes" => 0,
+                "fails" => 1,
+                _ => 125,
+            };
+            (serde_json::to_string(&t).unwrap_or_default(), code)
+        }
+        Err(e) => (
+            serde_json::json!({ "error": e.to_string() }).to_string(),
+            255,
+        ),
+    };
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&state.log)
+        .and_then(|mut f| writeln!(f, "{line}"));
+    if appended.is_err() {
+        return 255;
+    }
+    code
+}
+
+/// The range and how to judge, as the user gave them.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// flux.toml.
+    pub config: Option<PathBuf>,
+    /// Where to look for flux.toml when `config` is not given.
+    pub cwd: PathBuf,
+    /// The recording's data dir.
+    pub data_dir: PathBuf,
+    /// The request id (or prefix).
+    pub request: String,
+    /// `--good`.
+    pub good: Option<String>,
+    /// `--bad`.
+    pub bad: Option<String>,
+    /// `--since` (git date).
+    pub since: Option<String>,
+    /// `--until` (git date).
+    pub until: Option<String>,
+    /// `--fail-if`.
+    pub fail_if: Option<String>,
+    /// `--database`.
+    pub database: Option<String>,
+    /// The stub's delay cap.
+    pub max_delay: Duration,
+    /// The `flux` executable git runs as the judge.
+    pub exe: PathBuf,
+}
+
+/// What happened as it happens.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The range: how many commits, the good and bad ends.
+    Range {
+        /// Commits in `good..bad`.
+        commits: usize,
+        /// The good end.
+        good: Commit,
+        /// The bad end.
+        bad: Commit,
+    },
+    /// A commit was tested.
+    Tested(Tested),
+}
+
+/// A finished bisect.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// The request.
+    pub request: String,
+    /// The good end.
+    pub good: Commit,
+    /// The bad end.
+    pub bad: Commit,
+    /// Every tested commit in test order.
+    pub tested: Vec<Tested>,
+    /// The first bad commit, when git isolated one.
+    pub first_bad: Option<Commit>,
+    /// The candidates, when skipped commits left it ambiguous.
+    pub candidates: Vec<String>,
+    /// The run of the nearest passing commit (for `trace diff`).
+    pub good_run: Option<String>,
+    /// The run of the first bad commit.
+    pub bad_run: Option<String>,
+    /// The whole bisect, ms.
+    pub elapsed_ms: u64,
+}
+
+/// Runs a bisect; `events` sees each step as it finishes.
+pub async fn bisect(
+    req: Request,
+    events: &mut (dyn FnMut(Event) + Send),
+) -> Result<Outcome, BisectError> {
+    let began = std::time::Instant::now();
+    let config_path = match &req.config {
+        Some(p) => p.clone(),
+        None => config::find(&req.cwd)?,
+    };
+    let config_path = std::fs::canonicalize(&config_path)
+        .map_err(io(format!("reading {}", config_path.display())))?;
+    let config = config::load(&config_path)?;
+    let repo = git::toplevel(config.dir()).map_err(|_| {
+        BisectError::Usage(format!(
+            "{} is not in a git repository: bisect needs the app's history",
+            config.dir().display()
+        ))
+    })?;
+    let app_dir = config
+        .dir()
+        .strip_prefix(&repo)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+
+    let store = Store::open_reader(&req.data_dir).map_err(|source| ReplayError::Store {
+        path: req.data_dir.clone(),
+        source,
+    })?;
+    let request = resolve_request(&store, &req.request)?;
+    let exchange = store
+        .exchange(&request)
+        .map_err(|source| ReplayError::Store {
+            path: req.data_dir.clone(),
+            source,
+        })?
+        .ok_or_else(|| {
+            BisectError::Usage(format!(
+                "request {request} has no recorded input (it did not come through flux proxy --http-listen): it cannot be replayed"
+            ))
+        })?;
+
+    // The range.
+    let bad = match (&req.bad, &req.until) {
+        (Some(rev), _) => git::resolve(&repo, rev)?,
+        (None, Some(until)) => git::last_before(&repo, "HEAD", until)?.ok_or_else(|| {
+            BisectError::Usage(format!("no commit on HEAD before --until {until}"))
+        })?,
+        (None, None) => git::resolve(&repo, "HEAD")?,
+    };
+    let good = match (&req.good, &req.since) {
+        (Some(rev), _) => git::resolve(&repo, rev)?,
+        (None, Some(since)) => git::first_after(&repo, &bad, since)?.ok_or_else(|| {
+            BisectError::Usage(format!("no commit since --since {since} on {bad}"))
+        })?,
+        (None, None) => default_good(&store, &repo, &bad, &exchange)?,
+    };
+    if good == bad || !git::is_ancestor(&repo, &good, &bad)? {
+        return Err(BisectError::Usage(format!(
+            "the good end {} is not an ancestor of the bad end {}: give --good/--since and --bad/--until so that good comes first",
+            short(&good),
+            short(&bad)
+        )));
+    }
+    let good_c = git::commit(&repo, &good)?;
+    let bad_c = git::commit(&repo, &bad)?;
+    events(Event::Range {
+        commits: git::count(&repo, &good, &bad)?,
+        good: good_c.clone(),
+        bad: bad_c.clone(),
+    });
+
+    let criterion = match &req.fail_if {
+        Some(f) => Criterion::FailIf(parse_fail_if(f)?),
+        None => Criterion::Signature(None),
+    };
+    let temp = tempfile::Builder::new()
+        .prefix("flux-bisect-")
+        .tempdir()
+        .map_err(io("creating the bisect's temporary directory"))?;
+    let log = temp.path().join("tested.jsonl");
+    let mut state = StepState {
+        config: config_path,
+        database: req.database.clone(),
+        data_dir: req.data_dir.clone(),
+        request: request.clone(),
+        app_dir,
+        criterion,
+        max_delay_ms: req.max_delay.as_millis() as u64,
+        log: log.clone(),
+    };
+    let tree = Worktree::add(&repo, &temp.path().join("tree"), &good)?;
+    let mut tested = Vec::new();
+
+    // Both ends first: bisecting noise helps no one.
+    let mut good_t = test_commit(&state, &tree.path).await?;
+    good_t.role = Some("good end".into());
+    events(Event::Tested(good_t.clone()));
+    if good_t.verdict != "passes" {
+        return Err(BisectError::Usage(format!(
+            "the good end {} {} ({}): give an older --good or --since",
+            good_c.short,
+            if good_t.verdict == "fails" {
+                "fails too"
+            } else {
+                "could not be tested"
+            },
+            good_t.reason.clone().unwrap_or_default()
+        )));
+    }
+    if let (Criterion::Signature(expected), Some(seen)) = (&mut state.criterion, &good_t.observed) {
+        *expected = Some(seen.signature.clone());
+    }
+    tested.push(good_t);
+    tree.checkout(&bad)?;
+    let mut bad_t = test_commit(&state, &tree.path).await?;
+    bad_t.role = Some("bad end".into());
+    events(Event::Tested(bad_t.clone()));
+    if bad_t.verdict != "fails" {
+        return Err(BisectError::Usage(format!(
+            "the bad end {} {}: nothing to bisect (is the request failing at {}? give --bad or --fail-if)",
+            bad_c.short,
+            if bad_t.verdict == "passes" { "passes" } else { "could not be tested" },
+            bad_c.short
+        )));
+    }
+    tested.push(bad_t);
+
+    // git's bisect, Flux judging each commit it picks.
+    let state_file = temp.path().join("state.json");
+    std::fs::write(
+        &state_file,
+        serde_json::to_vec(&state)
+            .map_err(|e| io("writing the bisect state")(std::io::Error::other(e)))?,
+    )
+    .map_err(io("writing the bisect state"))?;
+    git::git(&tree.path, &["bisect", "start", &bad, &good])?;
+    let exe = req.exe.display().to_string();
+    let mut child = tokio::process::Command::new("git")
+        .arg("-C")
+        .arg(&tree.path)
+        .args(["bisect", "run", &exe, "bug", "bisect-step"])
+        .env(STATE_ENV, &state_file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(io("running git bisect run"))?;
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let read_all = |pipe: Option<tokio::process::ChildStdout>| async move {
+        let mut text = String::new();
+        if let Some(mut p) = pipe {
+            use tokio::io::AsyncReadExt;
+            let _ = p.read_to_string(&mut text).await;
+        }
+        text
+    };
+    let err_task = tokio::spawn(async move {
+        let mut text = String::new();
+        if let Some(mut p) = stderr {
+            use tokio::io::AsyncReadExt;
+            let _ = p.read_to_string(&mut text).await;
+        }
+        text
+    });
+    let out_task = tokio::spawn(read_all(stdout));
+    let mut seen_lines = 0;
+    let mut step_error = None;
+    let mut follow = |tested: &mut Vec<Tested>, step_error: &mut Option<String>| {
+        let Ok(f) = std::fs::File::open(&log) else {
+            return;
+        };
+        for line in std::io::BufReader::new(f)
+            .lines()
+            .map_while(Result::ok)
+            .skip(seen_lines)
+        {
+            seen_lines += 1;
+            if let Ok(t) = serde_json::from_str::<Tested>(&line) {
+                events(Event::Tested(t.clone()));
+                tested.push(t);
+            } else if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                *step_error = v["error"].as_str().map(str::to_string);
+            }
+        }
+    };
+    let status = loop {
+        tokio::select! {
+            s = child.wait() => break s.map_err(io("waiting for git bisect run"))?,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => follow(&mut tested, &mut step_error),
+        }
+    };
+    follow(&mut tested, &mut step_error);
+    let out = out_task.await.unwrap_or_default();
+    let err = err_task.await.unwrap_or_default();
+    if let Some(e) = step_error {
+        return Err(BisectError::Usage(format!("testing a commit failed: {e}")));
+    }
+    let first_bad = out
+        .lines()
+        .find_map(|l| l.strip_suffix(" is the first bad commit"))
+        .map(|h| h.trim().to_string());
+    let candidates: Vec<String> = if first_bad.is_none() {
+        out.lines()
+            .skip_while(|l| !l.contains("The first bad commit could be any of"))
+            .skip(1)
+            .take_while(|l| !l.trim().is_empty() && !l.starts_with("We cannot"))
+            .map(|l| l.trim().to_string())
+            .filter(|l| l.len() >= 7 && l.bytes().all(|b| b.is_ascii_hexdigit()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if first_bad.is_none() && candidates.is_empty() && !status.success() {
+        return Err(BisectError::Usage(format!(
+            "git bisect run failed ({status}): {}",
+            err.trim().lines().last().unwrap_or("")
+        )));
+    }
+    let first_bad = first_bad.map(|h| git::commit(&repo, &h)).transpose()?;
+    let bad_run = first_bad.as_ref().map(|c| c.short.clone());
+    // The passing commit nearest the first bad one: its parent when tested, else the
+    // newest tested ancestor that passed.
+    let good_run = first_bad.as_ref().and_then(|fb| {
+        let passes: Vec<&Tested> = tested.iter().filter(|t| t.verdict == "passes").collect();
+        passes
+            .iter()
+            .filter(|t| git::is_ancestor(&repo, &t.commit, &fb.hash).unwrap_or(false))
+            .max_by_key(|t| git::count(&repo, &good, &t.commit).unwrap_or(0))
+            .map(|t| t.short.clone())
+    });
+    drop(tree);
+    Ok(Outcome {
+        request,
+        good: good_c,
+        bad: bad_c,
+        tested,
+        first_bad,
+        candidates,
+        good_run,
+        bad_run,
+        elapsed_ms: began.elapsed().as_millis() as u64,
+    })
+}
+
+fn short(hash: &str) -> String {
+    hash.chars().take(7).collect()
+}
+
+fn resolve_request(store: &Store, given: &str) -> Result<String, BisectError> {
+    let given = given.strip_prefix("req:").unwrap_or(given);
+    let found = store
+        .requests_with_prefix(given, 2)
+        .map_err(|source| ReplayError::Store {
+            path: store.path().to_path_buf(),
+            source,
+        })?;
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(BisectError::Usage(format!(
+            "no recorded request starts with {given:?} (flux tail lists them)"
+        ))),
+        _ => Err(BisectError::Usage(format!(
+            "{given:?} names more than one request: give more of its id"
+        ))),
+    }
+}
+
+/// The default good end: the commit named by `service.version` on the last passing
+/// request of the same route before this one, when it resolves to an ancestor of `bad`;
+/// else the first commit in the 14 days before the request.
+pub fn default_good(
+    store: &Store,
+    repo: &Path,
+    bad: &str,
+    exchange: &flux_store::Exchange,
+) -> Result<String, BisectError> {
+    const DAY: Nanos = 86_400 * 1_000_000_000;
+    let read = |source| ReplayError::Store {
+        path: store.path().to_path_buf(),
+        source,
+    };
+    let since = exchange.at.saturating_sub(14 * DAY);
+    let path = exchange.target.split('?').next().unwrap_or("");
+    let earlier = store
+        .requests_between(since, exchange.at, usize::MAX)
+        .map_err(read)?;
+    for summary in earlier.iter().rev().filter(|s| s.id != exchange.request) {
+        let Some(x) = store.exchange(&summary.id).map_err(read)? else {
+            continue;
+        };
+        let same_route = x.method == exchange.method && x.target.split('?').next() == Some(path);
+        let passed = x.status.is_some_and(|s| s < 400) && summary.error.is_none();
+        if !same_route || !passed {
+            continue;
+        }
+        let version = store
+            .trace_spans(&summary.id)
+            .map_err(read)?
+            .iter()
+            .find_map(|s| s.attr("service.version").map(str::to_string));
+        if let Some(v) = version {
+            if let Ok(hash) = git::resolve(repo, &v) {
+                if hash != bad && git::is_ancestor(repo, &hash, bad).unwrap_or(false) {
+                    return Ok(hash);
+                }
+            }
+        }
+        break;
+    }
+    let secs = since / 1_000_000_000;
+    git::first_after(repo, bad, &format!("@{secs}"))?.ok_or_else(|| {
+        BisectError::Usage(
+            "no commit in the 14 days before the request: give --good or --since".into(),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fail_if_reads_the_three_shapes() {
+        assert_eq!(
+            parse_fail_if("status >= 500").unwrap(),
+            FailIf::Status(Cmp::Ge, 500.0)
+        );
+        assert_eq!(
+            parse_fail_if(" span.payment.charge.duration > 5000 ").unwrap(),
+            FailIf::Duration("payment.charge".into(), Cmp::Gt, 5000.0)
+        );
+        assert_eq!(
+            parse_fail_if("span.db.insert(orders).error").unwrap(),
+            FailIf::Error("db.insert(orders)".into())
+        );
+        for bad in [
+            "latency > 3",
+            "status >= fast",
+            "span..error",
+            "span.x.colour",
+            "span.x.duration",
+            "",
+        ] {
+            let e = parse_fail_if(bad).unwrap_err().to_string();
+            assert!(e.contains("--fail-if"), "{bad}: {e}");
+        }
+    }
+
+    fn seen(status: Option<u16>, passing: bool, spans: &[(&str, u64, bool)]) -> Observed {
+        Observed {
+            status,
+            passing,
+            cause: (!passing).then(|| "boom".to_string()),
+            spans: spans
+                .iter()
+                .map(|(n, d, e)| (n.to_string(), *d, *e))
+                .collect(),
+            signature: spans.iter().map(|(n, _, _)| format!("0 {n}")).collect(),
+        }
+    }
+
+    #[test]
+    fn fail_if_judges_status_durations_and_errors() {
+        let slow = seen(Some(201), true, &[("charge", 6_000_000_000, false)]);
+        let status = Criterion::FailIf(FailIf::Status(Cmp::Ge, 500.0));
+        assert!(judge(&status, &slow).is_ok());
+        assert!(judge(&status, &seen(Some(502), false, &[])).is_err());
+        assert!(
+            judge(&status, &seen(None, false, &[])).is_err(),
+            "no answer"
+        );
+        let duration = Criterion::FailIf(FailIf::Duration("charge".into(), Cmp::Gt, 5000.0));
+        assert_eq!(judge(&duration, &slow).unwrap_err(), "span charge too slow");
+        assert!(judge(
+            &duration,
+            &seen(Some(201), true, &[("other", 9e9 as u64, false)])
+        )
+        .is_ok());
+        let error = Criterion::FailIf(FailIf::Error("charge".into()));
+        assert!(judge(&error, &slow).is_ok());
+        assert!(judge(&error, &seen(Some(201), true, &[("charge", 1, true)])).is_err());
+    }
+
+    #[test]
+    fn without_fail_if_a_commit_passes_with_success_and_the_good_ends_span_tree() {
+        let good = seen(
+            Some(201),
+            true,
+            &[("gateway", 1, false), ("charge", 1, false)],
+        );
+        let sig = Criterion::Signature(Some(good.signature.clone()));
+        assert!(judge(&sig, &good).is_ok());
+        assert!(judge(&Criterion::Signature(None), &good).is_ok());
+        let failing = seen(Some(500), false, &[("gateway", 1, true)]);
+        assert_eq!(judge(&sig, &failing).unwrap_err(), "HTTP 500: boom");
+        let changed = seen(
+            Some(201),
+            true,
+            &[("gateway", 1, false), ("refund", 1, false)],
+        );
+        assert_eq!(
+            judge(&sig, &changed).unwrap_err(),
+            "span tree differs from the good end's: refund where it had charge"
+        );
+        let shorter = seen(Some(201), true, &[("gateway", 1, false)]);
+        assert!(judge(&sig, &shorter)
+            .unwrap_err()
+            .contains("nothing where it had charge"));
+    }
+}
