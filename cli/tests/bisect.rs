@@ -3,8 +3,8 @@
 //! recorded (through `flux proxy --http-listen`, with the real SDK) at the first commit.
 //! Asserted: bisect names the breaking commit, skips the one that does not build, leaves
 //! the user's working tree, index, stash and refs exactly as they were, and its suggested
-//! `flux trace diff` shows the changed spans under `COMMIT` columns; a good end that
-//! fails stops it with exit 2.
+//! `flux trace diff` shows the changed spans under `COMMIT` columns; Ctrl-C mid-bisect
+//! leaves the checkout untouched too; a good end that fails stops it with exit 2.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -14,7 +14,7 @@ mod common;
 
 use common::{call, flux, flux_json, python, shop, wait_port, Running};
 use flux_integration_tests::pg::{free_port, Options, PgCluster, DB, PASSWORD, USER};
-use flux_integration_tests::process::start_proxy;
+use flux_integration_tests::process::{signal, start_proxy, wait_exit};
 
 fn git(repo: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -323,6 +323,30 @@ async fn bisect_names_the_commit_that_broke_checkout() {
             && shown.contains(&format!("COMMIT {breaking}")),
         "{shown}"
     );
+
+    // Ctrl-C while git bisect runs: flux stops, and the checkout is still untouched.
+    let mut child = flux()
+        .current_dir(&repo)
+        .env("PATH", &path)
+        .args(["bug", "bisect", "--request", &checkout[..8]])
+        .args(["--data-dir", &data_dir, "--database", &scratch])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("flux bug bisect");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    // The first commit git picks is being tested once the bad end's line is out.
+    for line in lines.by_ref() {
+        if line.expect("line").contains("(bad end)") {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, "-INT");
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(checkout_state(&repo), before);
 
     // A good end that fails too: said, and nothing bisected.
     let out = flux()

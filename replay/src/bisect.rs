@@ -649,9 +649,18 @@ pub async fn bisect(
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        // Its own group: stopping the bisect interrupts git and the step it runs (which
+        // stops its app) together.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(io("running git bisect run"))?;
+    let mut interrupt = Interrupt(
+        child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .and_then(rustix::process::Pid::from_raw),
+    );
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let read_all = |pipe: Option<tokio::process::ChildStdout>| async move {
@@ -697,6 +706,8 @@ pub async fn bisect(
             _ = tokio::time::sleep(Duration::from_millis(200)) => follow(&mut tested, &mut step_error),
         }
     };
+    // Finished on its own: nothing to interrupt (its process group id may be reused).
+    interrupt.0 = None;
     follow(&mut tested, &mut step_error);
     let out = out_task.await.unwrap_or_default();
     let err = err_task.await.unwrap_or_default();
@@ -748,6 +759,19 @@ pub async fn bisect(
         bad_run,
         elapsed_ms: began.elapsed().as_millis() as u64,
     })
+}
+
+/// Interrupts `git bisect run`'s process group when the bisect ends early (Ctrl-C, an
+/// error): the step running then stops its app and exits, and git gives up.
+struct Interrupt(Option<rustix::process::Pid>);
+
+impl Drop for Interrupt {
+    fn drop(&mut self) {
+        if let Some(group) = self.0 {
+            // ESRCH: git already finished.
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::INT);
+        }
+    }
 }
 
 fn short(hash: &str) -> String {
