@@ -21,18 +21,9 @@ else
 fi
 FLUX="$CARGO_TARGET_DIR/$PROFILE/flux"
 
-work=$(mktemp -d /tmp/flux-bench-replay.XXXXXX)
-run_as_pg chown_work "$work"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  as_pg "$PGBIN/pg_ctl" -D "$work/data" -m fast stop >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
+STACK_NAME=flux-bench-replay
 source "$here/scripts/shop-stack.sh"
+trap 'exit 1' INT TERM
 
 post() { curl -s -o /dev/null -X POST "http://127.0.0.1:$GW_PORT$1" -H 'Content-Type: application/json' --data "$2"; }
 echo "==> recording $N requests through the HTTP recorder" >&2

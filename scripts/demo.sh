@@ -19,20 +19,11 @@ echo "==> building flux" >&2
 (cd "$here" && cargo build -q -p flux-cli)
 FLUX="$CARGO_TARGET_DIR/debug/flux"
 
-work=$(mktemp -d /tmp/flux-demo.XXXXXX)
-run_as_pg chown_work "$work"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  as_pg "$PGBIN/pg_ctl" -D "$work/data" -m fast stop >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 0' INT TERM
-
-# PostgreSQL, flux proxy (capture, OTLP, HTTP recorder), the payment server, the shop.
+# PostgreSQL, flux proxy (capture, OTLP, HTTP recorder), the payment server, the shop; all
+# stopped and removed on exit.
+STACK_NAME=flux-demo
 source "$here/scripts/shop-stack.sh"
+trap 'exit 0' INT TERM
 
 call() { # METHOD PATH [JSON]
   local code

@@ -2,8 +2,19 @@
 # PostgreSQL, `flux proxy` in front of it (capture into $DATA, OTLP on $OTLP_PORT, the HTTP
 # recorder on $GW_PORT in front of the shop), a scratch database (shop_scratch, $SCRATCH),
 # the fake payment server and the example shop (run from a copy in $work/shop, so a
-# script may change it). Needs $here, $work, $FLUX, $PY, $PGBIN and a `pids` array (the
-# caller's cleanup stops them and the cluster in $work/data).
+# script may change it). Needs $here, $FLUX, $PY, $PGBIN; sets $work (a temp dir named
+# after $STACK_NAME) and stops and removes everything it started on exit.
+
+work=$(mktemp -d "/tmp/${STACK_NAME:-flux-stack}.XXXXXX")
+run_as_pg chown_work "$work"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  as_pg "$PGBIN/pg_ctl" -D "$work/data" -m fast stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
 
 wait_for() { # FILE PATTERN WHAT
   for _ in $(seq 200); do grep -q "$2" "$1" 2>/dev/null && return; sleep 0.1; done

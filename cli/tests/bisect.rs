@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{call, flux, flux_json, python, shop, wait_port, Running};
-use flux_integration_tests::pg::{free_port, Options, PgCluster, DB, PASSWORD, USER};
-use flux_integration_tests::process::{signal, start_proxy, wait_exit};
+use common::{call, flux, flux_json, python, scratch_database, shop, ShopStack};
+use flux_integration_tests::pg::{Options, PgCluster};
+use flux_integration_tests::process::{signal, wait_exit};
 
 fn git(repo: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -79,18 +79,7 @@ async fn bisect_names_the_commit_that_broke_checkout() {
     let pg = PgCluster::start(Options::default());
     let schema = std::fs::read_to_string(shop().join("schema.sql")).expect("schema");
     pg.admin_sql(&schema);
-    pg.admin_sql("CREATE DATABASE shop_scratch");
-    let pg_port = pg
-        .url()
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.split('/').next().map(str::to_string))
-        .expect("port");
-    let scratch = format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{pg_port}/shop_scratch");
-    let (scratch_db, conn) = tokio_postgres::connect(&scratch, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the scratch database");
-    tokio::spawn(conn);
-    scratch_db.batch_execute(&schema).await.expect("schema");
+    let (scratch, _scratch_db) = scratch_database(&pg).await;
 
     // The user's repository: the shop at its first commit.
     let work = tempfile::tempdir().expect("tmp");
@@ -114,48 +103,17 @@ async fn bisect_names_the_commit_that_broke_checkout() {
 
     // Record a passing checkout served by the first commit.
     let data = tempfile::tempdir().expect("tmp");
-    let (port, otlp, gw, app) = (free_port(), free_port(), free_port(), free_port());
-    let listen = format!("127.0.0.1:{port}");
-    let mut cmd = flux();
-    cmd.args(["proxy", "--listen", &listen, "--upstream", &pg.url()])
-        .args(["--otlp", &format!("127.0.0.1:{otlp}")])
-        .args(["--http-listen", &format!("127.0.0.1:{gw}")])
-        .args(["--http-upstream", &format!("http://127.0.0.1:{app}")])
-        .arg("--data-dir")
-        .arg(data.path());
-    let _proxy = Running(start_proxy(&mut cmd, &listen));
-    let pay = free_port();
-    let mut payments = Command::new(&py)
-        .arg(shop().join("payments.py"))
-        .arg(pay.to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the payment server");
-    wait_port(pay, &mut payments, "the payment server");
-    let _payments = Running(payments);
-    let mut shop_app = Command::new(&py)
-        .arg(repo.join("app.py"))
-        .env(
-            "DATABASE_URL",
-            format!("postgresql://{USER}:{PASSWORD}@127.0.0.1:{port}/{DB}"),
-        )
-        .env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://127.0.0.1:{otlp}"),
-        )
-        .env(
+    let mut stack = ShopStack::start(
+        &pg,
+        data.path(),
+        &repo.join("app.py"),
+        true,
+        &[(
             "OTEL_RESOURCE_ATTRIBUTES",
             format!("service.version={first_full}"),
-        )
-        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-        .env("PAYMENT_URL", format!("http://127.0.0.1:{pay}"))
-        .env("PORT", app.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the shop");
-    wait_port(app, &mut shop_app, "the shop");
-    let shop_app = Running(shop_app);
+        )],
+    );
+    let gw = stack.entry;
     assert_eq!(
         call(gw, "POST", "/users", r#"{"id": 7, "email": "c@d.com"}"#),
         201
@@ -184,7 +142,7 @@ async fn bisect_names_the_commit_that_broke_checkout() {
         assert!(Instant::now() < deadline, "spans did not arrive: {tail:#}");
         std::thread::sleep(Duration::from_millis(200));
     };
-    drop(shop_app);
+    stack.stop_shop();
 
     // Eleven more commits: one does not build, one breaks checkout.
     let app_py = repo.join("app.py");

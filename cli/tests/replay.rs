@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{call, flux, flux_json, python, shop, wait_port, Running};
-use flux_integration_tests::pg::{free_port, Options, PgCluster, DB, PASSWORD, USER};
-use flux_integration_tests::process::{signal, start_proxy, wait_exit};
+use common::{call, flux, flux_json, python, scratch_database, shop, ShopStack};
+use flux_integration_tests::pg::{Options, PgCluster};
+use flux_integration_tests::process::{signal, wait_exit};
 use serde_json::Value;
 
 /// The recorded database's rows, to prove the replay never wrote there.
@@ -65,69 +65,19 @@ fn by_target<'a>(report: &'a Value, method: &str, target: &str, nth: usize) -> &
 async fn an_incident_replays_still_failing_then_resolved_after_the_fix() {
     let py = python();
     let pg = PgCluster::start(Options::default());
-    let schema = std::fs::read_to_string(shop().join("schema.sql")).expect("schema");
-    pg.admin_sql(&schema);
-    pg.admin_sql("CREATE DATABASE shop_scratch");
-    let scratch = format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{}/shop_scratch", {
-        // The port is the cluster's: take it from its URL.
-        pg.url()
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.split('/').next().map(str::to_string))
-            .expect("port")
-    });
-    let (scratch_db, conn) = tokio_postgres::connect(&scratch, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the scratch database");
-    tokio::spawn(conn);
-    scratch_db.batch_execute(&schema).await.expect("schema");
-
+    pg.admin_sql(&std::fs::read_to_string(shop().join("schema.sql")).expect("schema"));
+    let (scratch, scratch_db) = scratch_database(&pg).await;
     let data = tempfile::tempdir().expect("tmp");
     let work = tempfile::tempdir().expect("tmp");
     let outbox = work.path().join("outbox");
-    let (port, otlp, gw, pay, app) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
+    let stack = ShopStack::start(
+        &pg,
+        data.path(),
+        &shop().join("app.py"),
+        true,
+        &[("SHOP_OUTBOX", outbox.display().to_string())],
     );
-    let listen = format!("127.0.0.1:{port}");
-    let mut cmd = flux();
-    cmd.args(["proxy", "--listen", &listen, "--upstream", &pg.url()])
-        .args(["--otlp", &format!("127.0.0.1:{otlp}")])
-        .args(["--http-listen", &format!("127.0.0.1:{gw}")])
-        .args(["--http-upstream", &format!("http://127.0.0.1:{app}")])
-        .arg("--data-dir")
-        .arg(data.path());
-    let _proxy = Running(start_proxy(&mut cmd, &listen));
-    let mut payments = Command::new(&py)
-        .arg(shop().join("payments.py"))
-        .arg(pay.to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the payment server");
-    wait_port(pay, &mut payments, "the payment server");
-    let _payments = Running(payments);
-    let mut shop_app = Command::new(&py)
-        .arg(shop().join("app.py"))
-        .env(
-            "DATABASE_URL",
-            format!("postgresql://{USER}:{PASSWORD}@127.0.0.1:{port}/{DB}"),
-        )
-        .env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://127.0.0.1:{otlp}"),
-        )
-        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-        .env("PAYMENT_URL", format!("http://127.0.0.1:{pay}"))
-        .env("SHOP_OUTBOX", &outbox)
-        .env("PORT", app.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the shop");
-    wait_port(app, &mut shop_app, "the shop");
-    let _shop = Running(shop_app);
+    let gw = stack.entry;
 
     // Before the window: user 9 exists with the free plan.
     assert_eq!(

@@ -12,52 +12,18 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{call, flux, flux_json, python, shop, wait_port, Running};
-use flux_integration_tests::pg::{free_port, Options, PgCluster, DB, PASSWORD, USER};
-use flux_integration_tests::process::start_proxy;
+use common::{call, flux_json, python, shop, ShopStack};
+use flux_integration_tests::pg::{Options, PgCluster};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_checkout_story_with_the_real_sdk() {
-    let py = python();
+    python(); // fails early, saying how to install it, when the example's Python is missing
     let pg = PgCluster::start(Options::default());
     pg.admin_sql(&std::fs::read_to_string(shop().join("schema.sql")).expect("schema"));
     let data = tempfile::tempdir().expect("tmp");
-    let (port, otlp, pay, app) = (free_port(), free_port(), free_port(), free_port());
-    let listen = format!("127.0.0.1:{port}");
-    let mut cmd = flux();
-    cmd.args(["proxy", "--listen", &listen, "--upstream", &pg.url()])
-        .args(["--otlp", &format!("127.0.0.1:{otlp}"), "--data-dir"])
-        .arg(data.path());
-    let _proxy = Running(start_proxy(&mut cmd, &listen));
-
-    let mut payments = Command::new(&py)
-        .arg(shop().join("payments.py"))
-        .arg(pay.to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the payment server");
-    wait_port(pay, &mut payments, "the payment server");
-    let _payments = Running(payments);
-    let mut shop_app = Command::new(&py)
-        .arg(shop().join("app.py"))
-        .env(
-            "DATABASE_URL",
-            format!("postgresql://{USER}:{PASSWORD}@127.0.0.1:{port}/{DB}"),
-        )
-        .env(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://127.0.0.1:{otlp}"),
-        )
-        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-        .env("PAYMENT_URL", format!("http://127.0.0.1:{pay}"))
-        .env("PORT", app.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the shop");
-    wait_port(app, &mut shop_app, "the shop");
-    let _shop = Running(shop_app);
+    let stack = ShopStack::start(&pg, data.path(), &shop().join("app.py"), false, &[]);
+    let app = stack.entry;
 
     assert_eq!(
         call(app, "POST", "/users", r#"{"id": 42, "email": "a@b.com"}"#),

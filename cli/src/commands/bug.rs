@@ -1,9 +1,7 @@
 //! `flux bug bisect`: the commit that broke a recorded request. The work is
 //! `flux_replay::bisect`; this parses, wires and renders.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -51,25 +49,8 @@ pub struct BisectArgs {
     #[arg(long, value_name = "EXPR")]
     fail_if: Option<String>,
 
-    /// flux.toml (default: the nearest in this directory or its parents).
-    #[arg(long)]
-    config: Option<PathBuf>,
-
-    /// The data dir `flux proxy` records into.
-    #[arg(long, env = "FLUX_DATA_DIR")]
-    data_dir: PathBuf,
-
-    /// The scratch database, instead of flux.toml's [replay] database.
-    #[arg(long, env = "FLUX_REPLAY_DATABASE")]
-    database: Option<String>,
-
-    /// Cap on a stubbed call's recorded delay.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    max_delay: Duration,
-
-    /// Output format: text (default) or json.
-    #[arg(long, value_enum, default_value = "text")]
-    format: super::incident::ReplayFormat,
+    #[command(flatten)]
+    setup: super::incident::Setup,
 }
 
 /// Runs `flux bug …`: exit 0 when a first bad commit is found, 1 when none is, 2 for
@@ -108,19 +89,19 @@ fn step() -> anyhow::Result<ExitCode> {
 }
 
 fn run_bisect(args: BisectArgs) -> anyhow::Result<ExitCode> {
-    let text = args.format == super::incident::ReplayFormat::Text;
+    let text = args.setup.format == super::incident::ReplayFormat::Text;
     let req = Request {
-        config: args.config,
+        config: args.setup.config,
         cwd: std::env::current_dir().context("reading the current directory")?,
-        data_dir: args.data_dir.clone(),
+        data_dir: args.setup.data_dir.clone(),
         request: args.request.clone(),
         good: args.good,
         bad: args.bad,
         since: args.since,
         until: args.until,
         fail_if: args.fail_if,
-        database: args.database,
-        max_delay: args.max_delay,
+        database: args.setup.database,
+        max_delay: args.setup.max_delay,
         exe: std::env::current_exe().context("finding the flux executable")?,
     };
     if let Some(f) = &req.fail_if {

@@ -50,33 +50,40 @@ pub struct ReplayArgs {
     #[arg(long)]
     date: Option<NaiveDate>,
 
-    /// flux.toml (default: the nearest in this directory or its parents).
-    #[arg(long)]
-    config: Option<PathBuf>,
-
-    /// The data dir `flux proxy` records into.
-    #[arg(long, env = "FLUX_DATA_DIR")]
-    data_dir: PathBuf,
-
-    /// The scratch database, instead of flux.toml's [replay] database.
-    #[arg(long, env = "FLUX_REPLAY_DATABASE")]
-    database: Option<String>,
+    #[command(flatten)]
+    setup: Setup,
 
     /// Requests sent at once (1: one after the other, in recorded order).
     #[arg(long, default_value_t = 1)]
     concurrency: usize,
 
-    /// Cap on a stubbed call's recorded delay, and on how long a recorded timeout is held.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    max_delay: Duration,
-
     /// How long the app gets to become ready.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     ready_timeout: Duration,
+}
+
+/// What replay and bisect share: the configuration, the record, the scratch database.
+#[derive(Debug, Args)]
+pub struct Setup {
+    /// flux.toml (default: the nearest in this directory or its parents).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+
+    /// The data dir `flux proxy` records into.
+    #[arg(long, env = "FLUX_DATA_DIR")]
+    pub data_dir: PathBuf,
+
+    /// The scratch database, instead of flux.toml's [replay] database.
+    #[arg(long, env = "FLUX_REPLAY_DATABASE")]
+    pub database: Option<String>,
+
+    /// Cap on a stubbed call's recorded delay, and on how long a recorded timeout is held.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub max_delay: Duration,
 
     /// Output format: text (default) or json.
     #[arg(long, value_enum, default_value = "text")]
-    format: ReplayFormat,
+    pub format: ReplayFormat,
 }
 
 /// `--format`.
@@ -100,7 +107,7 @@ pub fn run(command: IncidentCommand) -> ExitCode {
 }
 
 fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let path = match &args.config {
+    let path = match &args.setup.config {
         Some(p) => p.clone(),
         None => {
             let cwd = std::env::current_dir().context("reading the current directory")?;
@@ -108,7 +115,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let mut config = config::load(&path)?;
-    if let Some(db) = &args.database {
+    if let Some(db) = &args.setup.database {
         config.replay.database = db.clone();
     }
     let window = args
@@ -126,10 +133,10 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("--route {r:?}: expected 'METHOD /path'"))
         })
         .transpose()?;
-    if !args.data_dir.join("CURRENT").is_file() {
+    if !args.setup.data_dir.join("CURRENT").is_file() {
         anyhow::bail!(
             "no Flux record in {}: point --data-dir (or FLUX_DATA_DIR) at the directory `flux proxy --data-dir` writes",
-            args.data_dir.display()
+            args.setup.data_dir.display()
         );
     }
     let selection = Selection {
@@ -142,12 +149,12 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         route,
         failed_only: args.failed_only,
     };
-    let mut options = Options::new(config, args.data_dir.clone(), selection);
+    let mut options = Options::new(config, args.setup.data_dir.clone(), selection);
     options.concurrency = args.concurrency.max(1);
-    options.max_delay = args.max_delay;
+    options.max_delay = args.setup.max_delay;
     options.ready_timeout = args.ready_timeout;
     let scratch = run::hide_password(&options.config.replay.database);
-    let text = args.format == ReplayFormat::Text;
+    let text = args.setup.format == ReplayFormat::Text;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

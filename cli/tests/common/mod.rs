@@ -91,3 +91,123 @@ pub fn wait_port(port: u16, child: &mut Child, what: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The example shop running against a cluster through `flux proxy` (capture, OTLP, and
+/// with `gateway` the HTTP recorder in front of the shop), with its payment server.
+pub struct ShopStack {
+    /// The proxy's PostgreSQL port.
+    pub port: u16,
+    /// Where requests go: the HTTP recorder when started with one, else the shop.
+    pub entry: u16,
+    /// The shop's own port.
+    pub app: u16,
+    proxy: Option<Running>,
+    payments: Option<Running>,
+    shop: Option<Running>,
+}
+
+impl ShopStack {
+    /// Starts the proxy recording into `data`, the payment server, and the shop from
+    /// `app_py` with `env` added.
+    pub fn start(
+        pg: &flux_integration_tests::pg::PgCluster,
+        data: &Path,
+        app_py: &Path,
+        gateway: bool,
+        env: &[(&str, String)],
+    ) -> ShopStack {
+        use flux_integration_tests::pg::{free_port, DB, PASSWORD, USER};
+        use std::process::Stdio;
+        let py = python();
+        let (port, otlp, pay, app, gw) = (
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+        );
+        let listen = format!("127.0.0.1:{port}");
+        let mut cmd = flux();
+        cmd.args(["proxy", "--listen", &listen, "--upstream", &pg.url()])
+            .args(["--otlp", &format!("127.0.0.1:{otlp}")]);
+        if gateway {
+            cmd.args(["--http-listen", &format!("127.0.0.1:{gw}")])
+                .args(["--http-upstream", &format!("http://127.0.0.1:{app}")]);
+        }
+        cmd.arg("--data-dir").arg(data);
+        let proxy = Running(flux_integration_tests::process::start_proxy(
+            &mut cmd, &listen,
+        ));
+        let mut payments = Command::new(&py)
+            .arg(shop().join("payments.py"))
+            .arg(pay.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the payment server");
+        wait_port(pay, &mut payments, "the payment server");
+        let payments = Running(payments);
+        let mut shop_app = Command::new(&py)
+            .arg(app_py)
+            .env(
+                "DATABASE_URL",
+                format!("postgresql://{USER}:{PASSWORD}@127.0.0.1:{port}/{DB}"),
+            )
+            .env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{otlp}"),
+            )
+            .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+            .env("PAYMENT_URL", format!("http://127.0.0.1:{pay}"))
+            .env("PORT", app.to_string())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the shop");
+        wait_port(app, &mut shop_app, "the shop");
+        ShopStack {
+            port,
+            entry: if gateway { gw } else { app },
+            app,
+            proxy: Some(proxy),
+            payments: Some(payments),
+            shop: Some(Running(shop_app)),
+        }
+    }
+
+    /// Stops the shop (the proxy and the payment server stay).
+    pub fn stop_shop(&mut self) {
+        self.shop = None;
+    }
+}
+
+impl Drop for ShopStack {
+    fn drop(&mut self) {
+        // The shop before what it talks to.
+        self.shop = None;
+        self.payments = None;
+        self.proxy = None;
+    }
+}
+
+/// Creates `shop_scratch` beside the recorded database with the shop's schema: its URL,
+/// and a client connected to it.
+pub async fn scratch_database(
+    pg: &flux_integration_tests::pg::PgCluster,
+) -> (String, tokio_postgres::Client) {
+    use flux_integration_tests::pg::{PASSWORD, USER};
+    let schema = std::fs::read_to_string(shop().join("schema.sql")).expect("schema");
+    pg.admin_sql("CREATE DATABASE shop_scratch");
+    let port = pg
+        .url()
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.split('/').next().map(str::to_string))
+        .expect("port");
+    let url = format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{port}/shop_scratch");
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the scratch database");
+    tokio::spawn(conn);
+    client.batch_execute(&schema).await.expect("schema");
+    (url, client)
+}
