@@ -532,7 +532,7 @@ pub async fn bisect(
         path: req.data_dir.clone(),
         source,
     })?;
-    let request = resolve_request(&store, &req.request)?;
+    let request = run::resolve_request(&store, &req.request)?;
     let exchange = store
         .exchange(&request)
         .map_err(|source| ReplayError::Store {
@@ -776,25 +776,6 @@ impl Drop for Interrupt {
 
 fn short(hash: &str) -> String {
     hash.chars().take(7).collect()
-}
-
-fn resolve_request(store: &Store, given: &str) -> Result<String, BisectError> {
-    let given = given.strip_prefix("req:").unwrap_or(given);
-    let found = store
-        .requests_with_prefix(given, 2)
-        .map_err(|source| ReplayError::Store {
-            path: store.path().to_path_buf(),
-            source,
-        })?;
-    match found.as_slice() {
-        [one] => Ok(one.clone()),
-        [] => Err(BisectError::Usage(format!(
-            "no recorded request starts with {given:?} (flux tail lists them)"
-        ))),
-        _ => Err(BisectError::Usage(format!(
-            "{given:?} names more than one request: give more of its id"
-        ))),
-    }
 }
 
 /// The default good end: the commit named by `service.version` on the last passing

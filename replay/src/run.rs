@@ -507,20 +507,7 @@ fn select(
         }
     }
     for given in &sel.requests {
-        let found = store.requests_with_prefix(given, 2).map_err(read)?;
-        match found.as_slice() {
-            [one] => ids.push(one.clone()),
-            [] => {
-                return Err(ReplayError::Request(format!(
-                    "no recorded request starts with {given:?} (flux tail lists them)"
-                )))
-            }
-            _ => {
-                return Err(ReplayError::Request(format!(
-                    "{given:?} names more than one request: give more of its id"
-                )))
-            }
-        }
+        ids.push(resolve_request(store, given)?);
     }
     let mut seen = std::collections::HashSet::new();
     ids.retain(|id| seen.insert(id.clone()));
@@ -611,6 +598,26 @@ fn select(
         None => chosen.iter().map(|c| c.exchange.at).min().unwrap_or(0),
     };
     Ok((chosen, skipped, start))
+}
+
+/// The recorded request an id or unique prefix (`req:` optional) names.
+pub fn resolve_request(store: &Store, given: &str) -> Result<String, ReplayError> {
+    let given = given.strip_prefix("req:").unwrap_or(given);
+    let found = store
+        .requests_with_prefix(given, 2)
+        .map_err(|source| ReplayError::Store {
+            path: store.path().to_path_buf(),
+            source,
+        })?;
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(ReplayError::Request(format!(
+            "no recorded request starts with {given:?} (flux tail lists them)"
+        ))),
+        _ => Err(ReplayError::Request(format!(
+            "{given:?} names more than one request: give more of its id"
+        ))),
+    }
 }
 
 /// What a request did, from a store: the status, the root cause when it failed, its
