@@ -43,6 +43,9 @@ pub struct TableInfo {
     pub triggers: Option<String>,
     /// Tables whose rows its foreign keys' ON DELETE/UPDATE actions change (invisible too).
     pub cascades_to: Vec<String>,
+    /// Partitioned, or has inheritance children: a write may land in another relation,
+    /// so the row's `tableoid` is read back to say which.
+    pub has_children: bool,
 }
 
 impl TableInfo {
@@ -192,7 +195,8 @@ SELECT c.oid::int8, n.nspname::text, c.relname::text,
            SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = c.oid
            UNION SELECT i.inhrelid FROM pg_inherits i JOIN d ON i.inhparent = d.oid)
          SELECT 1 FROM d JOIN pg_class x ON x.oid = d.oid
-          WHERE x.relkind = 'f' OR x.relhasrules)
+          WHERE x.relkind = 'f' OR x.relhasrules),
+       c.relkind = 'p' OR c.relhassubclass
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -434,6 +438,7 @@ async fn read(r: &mut Refresher, target: &Target) -> Result<Snapshot, CatalogErr
                 row.try_get(11)?,
                 row.try_get::<_, Option<bool>>(12)?.unwrap_or(false),
             ),
+            has_children: row.try_get::<_, Option<bool>>(13)?.unwrap_or(true),
         });
     }
     if version == 0 {
@@ -513,6 +518,7 @@ pub(crate) mod tests {
             root: oid,
             triggers: None,
             cascades_to: Vec::new(),
+            has_children: false,
             refusal: None,
         }
     }
