@@ -1,6 +1,6 @@
 //! `flux`: the command-line entry point. Parses arguments, wires the library crates
-//! together and renders; the logic lives in `flux-proxy`, `flux-store`, `flux-ingest`, `flux-recorder` and
-//! `flux-replay`.
+//! together and renders; the logic lives in `flux-proxy`, `flux-store`, `flux-ingest`,
+//! `flux-recorder` and `flux-replay`.
 
 mod commands;
 mod output;

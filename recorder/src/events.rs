@@ -18,6 +18,11 @@ use flux_store::{
     WriterHandle,
 };
 
+/// Queued bytes past which a session waits for the writer before reading more from the
+/// server (a bulk write's images stream at the store's pace), and the longest wait.
+const BACKPRESSURE_BYTES: u64 = 4 << 20;
+const BACKPRESSURE_WAIT: Duration = Duration::from_secs(2);
+
 /// How long a strict commit waits for its records before the proxy answers anyway
 /// (fail-open: a wedged store must not wedge the database's clients).
 const DURABLE_WAIT: Duration = Duration::from_secs(5);
@@ -83,6 +88,8 @@ pub struct StoreSink {
     /// those as scratch databases).
     upstream: Option<String>,
     databases: Mutex<Vec<String>>,
+    /// The writer stopped draining while a session waited on it: fail open.
+    stalled: std::sync::Arc<AtomicBool>,
 }
 
 impl StoreSink {
@@ -97,6 +104,7 @@ impl StoreSink {
             dropped: AtomicU64::new(0),
             upstream: None,
             databases: Mutex::new(Vec::new()),
+            stalled: std::sync::Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -304,6 +312,37 @@ impl EventSink for StoreSink {
     fn emit_all(&self, events: &mut Vec<CaptureEvent>) {
         let records = events.drain(..).filter_map(|e| self.record(e)).collect();
         self.send(records);
+    }
+
+    fn untagged_statements(&self) -> bool {
+        // `record` keeps only statements a request id tags.
+        false
+    }
+
+    fn backpressure(&self) -> Option<flux_proxy::capture::Durable> {
+        let queued = self.writer.queued_bytes();
+        if queued <= BACKPRESSURE_BYTES {
+            self.stalled.store(false, Ordering::Relaxed);
+            return None;
+        }
+        // A store that stopped draining is not waited on again (fail-open): the queue's
+        // byte limit then turns further records into counted losses and a gap.
+        if self.stalled.load(Ordering::Relaxed) {
+            return None;
+        }
+        let writer = self.writer.clone();
+        let stalled = self.stalled.clone();
+        Some(Box::pin(async move {
+            if !writer
+                .wait_below(BACKPRESSURE_BYTES / 2, BACKPRESSURE_WAIT)
+                .await
+            {
+                stalled.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    "the store is not keeping up: capture stops waiting for it and records what it cannot keep as gaps"
+                );
+            }
+        }))
     }
 
     fn durable(&self) -> Option<Durable> {

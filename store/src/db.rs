@@ -145,6 +145,10 @@ fn options() -> Options {
     // not flushed into tables yet; bounding the WAL keeps that replay (and so each
     // command's start-up) short: past this size RocksDB flushes the oldest memtables.
     opts.set_max_total_wal_size(16 << 20);
+    // The proxy's memory must stay small whatever a bulk write sends (DESIGN §3): all
+    // memtables together are flushed past 16 MB, each family's past 8 MB.
+    opts.set_db_write_buffer_size(16 << 20);
+    opts.set_write_buffer_size(8 << 20);
     opts
 }
 

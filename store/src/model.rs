@@ -132,6 +132,38 @@ pub enum Record {
     Source(Source),
 }
 
+impl Record {
+    /// About how many bytes the record holds in memory, for bounding queues by size.
+    pub fn approx_size(&self) -> usize {
+        // The record itself plus a few allocations' headers.
+        const BASE: usize = std::mem::size_of::<Record>() + 64;
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        BASE + match self {
+            Record::Mutation(m) => {
+                m.table.len()
+                    + opt(&m.before)
+                    + opt(&m.after)
+                    + opt(&m.request)
+                    + m.key
+                        .as_ref()
+                        .map_or(0, |k| k.iter().map(|v| v.len() + 24).sum())
+            }
+            Record::Statement(st) => st.sql.len() + st.request.len() + opt(&st.error),
+            Record::Span(sp) => {
+                sp.name.len()
+                    + sp.attributes
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len() + 48)
+                        .sum::<usize>()
+                    + sp.events.len() * 128
+            }
+            Record::Exchange(x) => x.body.len() + x.response_body.len() + x.target.len(),
+            Record::Gap(g) => g.reason.len(),
+            Record::Tx(_) | Record::Source(_) => 0,
+        }
+    }
+}
+
 /// A database a recording proxy sat in front of: the upstream's address as configured
 /// (`host:port`, or a socket directory) and a database name sessions used.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

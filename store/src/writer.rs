@@ -43,6 +43,12 @@ pub struct WriterConfig {
     /// one arrives before writing them as one batch. Waking the writer for every record
     /// cost more CPU than the writes themselves (a futex wake and a RocksDB write each).
     pub batch_delay: Duration,
+    /// Most bytes of records queued and not yet written ([`Record::approx_size`]); past it
+    /// `try_write` reports the queue full. Counting messages alone let a bulk write's
+    /// images pile up to hundreds of megabytes.
+    pub max_queued_bytes: u64,
+    /// A batch stops taking messages past this many bytes.
+    pub max_batch_bytes: u64,
 }
 
 impl Default for WriterConfig {
@@ -53,6 +59,8 @@ impl Default for WriterConfig {
             sync_interval: Duration::from_millis(100),
             max_batch: 1024,
             batch_delay: Duration::from_millis(5),
+            max_queued_bytes: 32 << 20,
+            max_batch_bytes: 4 << 20,
         }
     }
 }
@@ -75,6 +83,7 @@ enum Message {
     Records(
         Vec<Record>,
         Option<oneshot::Sender<Result<(), Arc<StoreError>>>>,
+        u64,
     ),
     Shutdown,
 }
@@ -90,6 +99,8 @@ pub struct WriterStats {
     pub failures: AtomicU64,
     /// Records refused because the channel was full.
     pub rejected: AtomicU64,
+    /// Bytes of records queued and not yet written.
+    pub queued_bytes: AtomicU64,
 }
 
 /// Sends records to the writer thread. Cheap to clone.
@@ -97,6 +108,9 @@ pub struct WriterStats {
 pub struct WriterHandle {
     tx: SyncSender<Message>,
     stats: Arc<WriterStats>,
+    /// Woken after every batch written.
+    drained: Arc<tokio::sync::Notify>,
+    max_queued_bytes: u64,
 }
 
 /// The writer thread; stopping it flushes what it was given.
@@ -110,15 +124,18 @@ impl Writer {
     pub fn start(store: Arc<Store>, config: WriterConfig) -> Writer {
         let (tx, rx) = sync_channel(config.capacity.max(1));
         let stats = Arc::new(WriterStats::default());
-        let thread_stats = stats.clone();
+        let drained = Arc::new(tokio::sync::Notify::new());
+        let handle = WriterHandle {
+            tx,
+            stats: stats.clone(),
+            drained: drained.clone(),
+            max_queued_bytes: config.max_queued_bytes,
+        };
         let thread = std::thread::Builder::new()
             .name("flux-store-writer".into())
-            .spawn(move || run(store, config, rx, thread_stats))
+            .spawn(move || run(store, config, rx, stats, drained))
             .ok();
-        Writer {
-            handle: WriterHandle { tx, stats },
-            thread,
-        }
+        Writer { handle, thread }
     }
 
     /// A handle for sending records.
@@ -148,25 +165,38 @@ impl Drop for Writer {
 impl WriterHandle {
     /// Queues records without waiting; a full queue hands them back.
     pub fn try_write(&self, records: Vec<Record>) -> Result<(), WriteRejected> {
-        self.send(Message::Records(records, None)).map(|_| ())
+        self.send(records, None)
     }
 
     /// Queues records that must be durable; the returned receiver resolves once they are
     /// fsynced (in strict mode) or written (in relaxed mode).
     pub fn write_durable(&self, records: Vec<Record>) -> Result<DurableAck, WriteRejected> {
         let (ack, rx) = oneshot::channel();
-        self.send(Message::Records(records, Some(ack)))?;
+        self.send(records, Some(ack))?;
         Ok(rx)
     }
 
-    fn send(&self, message: Message) -> Result<(), WriteRejected> {
-        self.tx.try_send(message).map_err(|e| {
+    fn send(
+        &self,
+        records: Vec<Record>,
+        ack: Option<oneshot::Sender<Result<(), Arc<StoreError>>>>,
+    ) -> Result<(), WriteRejected> {
+        let bytes: u64 = records.iter().map(|r| r.approx_size() as u64).sum();
+        let queued = self.stats.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let over = queued + bytes > self.max_queued_bytes && queued > 0;
+        let sent = if over {
+            Err(TrySendError::Full(Message::Records(records, ack, bytes)))
+        } else {
+            self.tx.try_send(Message::Records(records, ack, bytes))
+        };
+        sent.map_err(|e| {
+            self.stats.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             let (full, message) = match e {
                 TrySendError::Full(m) => (true, m),
                 TrySendError::Disconnected(m) => (false, m),
             };
             let records = match message {
-                Message::Records(r, _) => r,
+                Message::Records(r, _, _) => r,
                 Message::Shutdown => Vec::new(),
             };
             self.stats
@@ -180,16 +210,43 @@ impl WriterHandle {
         })
     }
 
+    /// Bytes of records queued and not yet written.
+    pub fn queued_bytes(&self) -> u64 {
+        self.stats.queued_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Waits until at most `bytes` are queued, or `within` has passed; whether the queue
+    /// got there. For senders that would rather slow down than lose records.
+    pub async fn wait_below(&self, bytes: u64, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let drained = self.drained.notified();
+            if self.queued_bytes() <= bytes {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                return self.queued_bytes() <= bytes;
+            }
+        }
+    }
+
     /// The writer's counters.
     pub fn stats(&self) -> &Arc<WriterStats> {
         &self.stats
     }
 }
 
-fn run(store: Arc<Store>, config: WriterConfig, rx: Receiver<Message>, stats: Arc<WriterStats>) {
+fn run(
+    store: Arc<Store>,
+    config: WriterConfig,
+    rx: Receiver<Message>,
+    stats: Arc<WriterStats>,
+    drained: Arc<tokio::sync::Notify>,
+) {
     let mut last_sync = Instant::now();
     let mut unsynced = false;
     let mut stopping = false;
+    let mut since_trim = 0u64;
     while !stopping {
         let first = match rx.recv_timeout(config.sync_interval) {
             Ok(m) => m,
@@ -201,29 +258,26 @@ fn run(store: Arc<Store>, config: WriterConfig, rx: Receiver<Message>, stats: Ar
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        let mut records = Vec::new();
-        let mut acks = Vec::new();
-        let mut take = |m: Message, stopping: &mut bool| match m {
-            Message::Records(r, ack) => {
-                records.extend(r);
-                acks.extend(ack);
-            }
-            Message::Shutdown => *stopping = true,
-        };
-        take(first, &mut stopping);
+        let mut batch = Batch::default();
+        batch.take(first, &mut stopping);
         if config.durability == Durability::Relaxed && !stopping {
             // Nobody waits on these records: sleeping (not blocking on the channel) lets
             // senders enqueue without waking this thread.
             std::thread::sleep(config.batch_delay);
         }
         let mut n = 1;
-        while n < config.max_batch && !stopping {
+        while n < config.max_batch && !stopping && batch.bytes < config.max_batch_bytes {
             match rx.try_recv() {
-                Ok(m) => take(m, &mut stopping),
+                Ok(m) => batch.take(m, &mut stopping),
                 Err(_) => break,
             }
             n += 1;
         }
+        let Batch {
+            records,
+            acks,
+            bytes,
+        } = batch;
         let sync_now = stopping
             || (config.durability == Durability::Strict && !acks.is_empty())
             || last_sync.elapsed() >= config.sync_interval;
@@ -255,6 +309,15 @@ fn run(store: Arc<Store>, config: WriterConfig, rx: Receiver<Message>, stats: Ar
                 tracing::error!("store write of {} records failed: {e}", records.len());
             }
         }
+        drop(records);
+        let left = stats.queued_bytes.fetch_sub(bytes, Ordering::Relaxed) - bytes;
+        drained.notify_waiters();
+        since_trim += bytes;
+        if left == 0 && since_trim >= TRIM_AFTER {
+            // A burst (a bulk write's images) is over: hand the memory it used back.
+            since_trim = 0;
+            release_free_memory();
+        }
         let result = result.map_err(Arc::new);
         for ack in acks {
             let _ = ack.send(result.clone());
@@ -262,6 +325,43 @@ fn run(store: Arc<Store>, config: WriterConfig, rx: Receiver<Message>, stats: Ar
     }
     if unsynced {
         sync(&store, &stats, &mut unsynced, &mut last_sync);
+    }
+}
+
+/// Bytes written between returns of freed memory to the system.
+const TRIM_AFTER: u64 = 64 << 20;
+
+/// Returns the allocator's free memory to the system (glibc keeps it otherwise).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// What the writer gathered for one RocksDB write.
+#[derive(Default)]
+struct Batch {
+    records: Vec<Record>,
+    acks: Vec<oneshot::Sender<Result<(), Arc<StoreError>>>>,
+    bytes: u64,
+}
+
+impl Batch {
+    fn take(&mut self, m: Message, stopping: &mut bool) {
+        match m {
+            Message::Records(r, ack, b) => {
+                if self.records.is_empty() {
+                    self.records = r;
+                } else {
+                    self.records.extend(r);
+                }
+                self.acks.extend(ack);
+                self.bytes += b;
+            }
+            Message::Shutdown => *stopping = true,
+        }
     }
 }
 

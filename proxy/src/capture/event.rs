@@ -160,6 +160,21 @@ pub trait EventSink: Send + Sync + 'static {
     fn durable(&self) -> Option<Durable> {
         None
     }
+
+    /// Whether the sink wants [`CaptureEvent::Statement`] for statements no request id
+    /// tags (the default); a sink that keeps only requests' statements says no, and the
+    /// session skips building them.
+    fn untagged_statements(&self) -> bool {
+        true
+    }
+
+    /// When the sink has more queued than it wants to hold (a bulk write's images), a
+    /// future that resolves once it has caught up or given up waiting; the session reads
+    /// no more from the server until then, so images stream at the store's pace instead
+    /// of piling up in memory. `None` (the default) when nothing is backed up.
+    fn backpressure(&self) -> Option<Durable> {
+        None
+    }
 }
 
 /// Why capture left a write alone (or imaged it only in part). The store keeps the

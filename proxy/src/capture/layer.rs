@@ -297,7 +297,11 @@ impl ServerSide for Reader {
                     self.shared.catalogs.invalidate_database(&capture.database);
                 }
             }
-            self.completions.push((done, request));
+            // A statement no request claims is of no use to a sink that keeps only
+            // requests' statements: not even its text is copied then.
+            if request.is_some() || self.sink.untagged_statements() {
+                self.completions.push((done, request));
+            }
         }
         if t == bt::READY_FOR_QUERY {
             capture
@@ -322,9 +326,13 @@ impl ServerSide for Reader {
         }
         // Strict durability: the commit's answer waits for its records.
         let durable = committed.then(|| self.sink.durable()).flatten();
+        let pressure = self.sink.backpressure();
         async move {
             if let Some(durable) = durable {
                 durable.await;
+            }
+            if let Some(pressure) = pressure {
+                pressure.await;
             }
         }
     }

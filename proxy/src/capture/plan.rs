@@ -135,8 +135,8 @@ pub fn plan(
             Kind::Write(write) => {
                 let table = write.table.join(".");
                 match decide(write, whole, cx, &mut unknown_table) {
-                    Ok((t, pg18)) => {
-                        let (text, note) = rewrite::appendix(write, &t.pk, pg18);
+                    Ok((t, returning)) => {
+                        let (text, note) = rewrite::appendix(write, &t.pk, returning);
                         if let Some(prefix) = sql.get(copied..step.insert_at) {
                             out.push_str(prefix);
                             out.push_str(&text);
@@ -232,7 +232,7 @@ fn decide(
     whole: bool,
     cx: &Context<'_>,
     unknown_table: &mut bool,
-) -> Result<(Arc<TableInfo>, bool), GapReason> {
+) -> Result<(Arc<TableInfo>, Returning), GapReason> {
     if !whole {
         return Err(GapReason::StringNotUnderstood);
     }
@@ -266,7 +266,24 @@ fn decide(
             }
         }
     }
-    Ok((t, s.has_old_new()))
+    Ok((
+        t.clone(),
+        Returning {
+            old_new: s.has_old_new(),
+            // Which relation a row went to is known in advance unless the table has
+            // partitions or children, or the name matched same-named tables elsewhere.
+            table_oid: t.has_children || all.len() > 1,
+        },
+    ))
+}
+
+/// How a write's appended `RETURNING` reads its images.
+#[derive(Debug, Clone, Copy)]
+pub struct Returning {
+    /// PostgreSQL 18's `RETURNING old/new`.
+    pub old_new: bool,
+    /// Read back each row's `tableoid`.
+    pub table_oid: bool,
 }
 
 /// What a write to `t` may change beyond the rows it returns.
@@ -317,7 +334,7 @@ pub fn split_data_row(frame: &[u8], binary: bool, keep: bool) -> Option<(Option<
     let kept = count.checked_sub(CAPTURE_COLUMNS)?;
     let mut at = 2;
     let mut kept_end = at;
-    let mut ours: Vec<Option<&[u8]>> = Vec::with_capacity(CAPTURE_COLUMNS);
+    let mut ours: [Option<&[u8]>; CAPTURE_COLUMNS] = [None; CAPTURE_COLUMNS];
     for i in 0..count {
         let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
         at += 4;
@@ -332,15 +349,13 @@ pub fn split_data_row(frame: &[u8], binary: bool, keep: bool) -> Option<(Option<
         if i < kept {
             kept_end = at;
         } else {
-            ours.push(value);
+            *ours.get_mut(i - kept)? = value;
         }
     }
-    let [before, after, oid] = ours.as_slice() else {
-        return None;
-    };
+    let [before, after, oid] = ours;
     let images = Images {
-        before: before.and_then(|v| jsonb_text(v, binary)),
-        after: after.and_then(|v| jsonb_text(v, binary)),
+        before: before.and_then(json_text),
+        after: after.and_then(json_text),
         oid: oid.and_then(|v| oid_value(v, binary)),
     };
     let stripped = keep.then(|| {
@@ -355,17 +370,9 @@ pub fn split_data_row(frame: &[u8], binary: bool, keep: bool) -> Option<(Option<
     Some((stripped, images))
 }
 
-fn jsonb_text(v: &[u8], binary: bool) -> Option<String> {
-    // Binary jsonb is a version byte (1) followed by the text form.
-    let text = if binary {
-        match v.split_first() {
-            Some((1, rest)) => rest,
-            _ => return None,
-        }
-    } else {
-        v
-    };
-    std::str::from_utf8(text).ok().map(str::to_string)
+/// An image: `json` is sent as its text in both formats.
+fn json_text(v: &[u8]) -> Option<String> {
+    std::str::from_utf8(v).ok().map(str::to_string)
 }
 
 fn oid_value(v: &[u8], binary: bool) -> Option<u32> {
@@ -396,20 +403,75 @@ pub fn strip_row_description(frame: &[u8]) -> Option<Bytes> {
 }
 
 /// The primary-key values of a row image, as text in key order (`None` without a key or
-/// when the image lacks a key column).
+/// when the image lacks a key column). Streams through the image: only the key's values
+/// are built, every other member is skipped without allocating.
 pub fn key_of(image: &str, pk: &[String]) -> Option<Vec<String>> {
+    use serde::de::Deserializer as _;
     if pk.is_empty() {
         return None;
     }
-    let value: serde_json::Value = serde_json::from_str(image).ok()?;
-    pk.iter()
-        .map(|c| {
-            value.get(c).map(|v| match v {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-        })
-        .collect()
+    let mut de = serde_json::Deserializer::from_str(image);
+    let found = de.deserialize_map(KeyVisitor { pk }).ok()?;
+    found.into_iter().collect()
+}
+
+/// Collects the values of the `pk` members of a JSON object.
+struct KeyVisitor<'a> {
+    pk: &'a [String],
+}
+
+impl<'de> serde::de::Visitor<'de> for KeyVisitor<'_> {
+    type Value = Vec<Option<String>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a row image (a JSON object)")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = vec![None; self.pk.len()];
+        while let Some(slot) = map.next_key_seed(KeySlot { pk: self.pk })? {
+            match slot {
+                Some(i) => {
+                    let v: serde_json::Value = map.next_value()?;
+                    if let Some(f) = found.get_mut(i) {
+                        *f = Some(match v {
+                            serde_json::Value::String(s) => s,
+                            other => other.to_string(),
+                        });
+                    }
+                }
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A member name: which key column it is, if any (compared in place, not copied).
+struct KeySlot<'a> {
+    pk: &'a [String],
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeySlot<'_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeySlot<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a column name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Self::Value, E> {
+        Ok(self.pk.iter().position(|c| c == name))
+    }
 }
 
 /// The number of rows a `CommandComplete` tag reports (`UPDATE 5`, `INSERT 0 5`).
@@ -599,11 +661,8 @@ mod tests {
         assert_eq!(images.before, None);
         assert_eq!(images.after.as_deref(), Some(r#"{"id": 42}"#));
         assert_eq!(images.oid, Some(16384));
-        let bin = data_row(&[
-            Some(b"\x01{}"),
-            Some(b"\x01[]"),
-            Some(&16384u32.to_be_bytes()),
-        ]);
+        // Binary results: json is its text either way; the oid is four bytes.
+        let bin = data_row(&[Some(b"{}"), Some(b"[]"), Some(&16384u32.to_be_bytes())]);
         let (kept, images) = split_data_row(&bin, true, false).expect("row");
         assert!(kept.is_none());
         assert_eq!(images.before.as_deref(), Some("{}"));
@@ -621,6 +680,17 @@ mod tests {
         );
         assert_eq!(key_of(r#"{"id": 7}"#, &pk), None);
         assert_eq!(key_of("{}", &[]), None);
+        // Nested values and escapes are skipped; to_json's spacing and key order vary.
+        let pk = vec!["b".to_string(), "a".to_string()];
+        assert_eq!(
+            key_of(
+                r#"{"x":{"a":[1,{"b":2}]},"a":"q\"uote","n":"\u00e9","b":15}"#,
+                &pk
+            ),
+            Some(vec!["15".to_string(), "q\"uote".to_string()])
+        );
+        assert_eq!(key_of("[1]", &pk), None);
+        assert_eq!(key_of("{bad", &pk), None);
         assert_eq!(tag_rows("INSERT 0 12"), 12);
         assert_eq!(tag_rows("UPDATE 3"), 3);
     }
