@@ -90,6 +90,8 @@ pub struct StoreSink {
     databases: Mutex<Vec<String>>,
     /// The writer stopped draining while a session waited on it: fail open.
     stalled: std::sync::Arc<AtomicBool>,
+    /// `--redact` columns.
+    redact: crate::Redactor,
 }
 
 impl StoreSink {
@@ -105,7 +107,14 @@ impl StoreSink {
             upstream: None,
             databases: Mutex::new(Vec::new()),
             stalled: std::sync::Arc::new(AtomicBool::new(false)),
+            redact: crate::Redactor::default(),
         }
+    }
+
+    /// Takes `redact`'s columns out of every image and statement before it is stored.
+    pub fn with_redaction(mut self, redact: crate::Redactor) -> Self {
+        self.redact = redact;
+        self
     }
 
     /// Records `addr` (the upstream's `host:port`) with each database a session connects
@@ -182,7 +191,7 @@ impl StoreSink {
                 request,
                 at: nanos(started),
                 duration: elapsed.as_nanos() as u64,
-                sql,
+                sql: self.redact.sql(sql),
                 tag,
                 sqlstate,
                 error,
@@ -205,6 +214,14 @@ impl StoreSink {
     }
 
     fn mutation(&self, m: MutationEvent) -> Mutation {
+        let (before, after) = if self.redact.is_empty() {
+            (m.before, m.after)
+        } else {
+            (
+                m.before.map(|i| self.redact.image(&m.table, i)),
+                m.after.map(|i| self.redact.image(&m.table, i)),
+            )
+        };
         Mutation {
             table: m.table,
             key: m.key,
@@ -214,8 +231,8 @@ impl StoreSink {
                 ProxyOp::Update => Op::Update,
                 ProxyOp::Delete => Op::Delete,
             },
-            before: m.before,
-            after: m.after,
+            before,
+            after,
             request: m.request,
             tx: self.tx(m.session, m.tx),
             tx_index: m.tx_index,

@@ -5,6 +5,8 @@
 //!   written as a gap once the writer accepts again), and the durability policy (strict:
 //!   a commit's answer waits until its records are synced).
 //! - [`spans`]: OTLP spans into the writer, acknowledged once written.
+//! - [`redact`]: `--redact` columns' values taken out of images and statements before
+//!   anything is stored.
 
 // Library code never panics on what it is given: errors are returned, not unwrapped.
 #![cfg_attr(
@@ -17,9 +19,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use flux_store::Nanos;
 
 pub mod events;
+pub mod redact;
 pub mod spans;
 
 pub use events::StoreSink;
+pub use redact::Redactor;
 pub use spans::SpanWriter;
 
 /// Nanoseconds since the Unix epoch (0 before it).

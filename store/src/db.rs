@@ -121,6 +121,39 @@ pub enum StoreError {
     /// The writer has stopped.
     #[error("the store writer has stopped")]
     WriterGone,
+    /// The data dir can be read by any user; Flux's record holds row images.
+    #[error("data dir {path} is readable by every user (mode {mode:o}) and Flux's record holds your rows: chmod 700 {path} (or choose another --data-dir)")]
+    Exposed {
+        /// The data dir.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+}
+
+/// Creates the data dir (and missing parents) readable by its owner only, or checks an
+/// existing one is not readable by every user. What it records are rows of the database.
+pub fn private_dir(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let io = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if !path.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(io)?;
+    }
+    let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+    if mode & 0o004 != 0 {
+        return Err(StoreError::Exposed {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
 }
 
 /// An open data dir.

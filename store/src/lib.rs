@@ -25,7 +25,7 @@ pub mod trace;
 pub mod why;
 pub mod writer;
 
-pub use db::{Store, StoreError, SCHEMA_VERSION};
+pub use db::{private_dir, Store, StoreError, SCHEMA_VERSION};
 pub use model::{
     Exchange, Gap, Mutation, Nanos, Op, Outcome, Record, RequestSummary, Source, Span, SpanEvent,
     SpanKind, SpanSource, StatementRecord, TxEvent, TxId, TxRecord,

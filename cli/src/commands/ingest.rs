@@ -24,8 +24,7 @@ pub struct IngestArgs {
 /// Runs `flux ingest`. Lines that fail to decode are reported with their file and line
 /// number and skipped; the rest are stored. Exit status 1 if any line failed.
 pub fn run(args: IngestArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    flux_store::private_dir(&args.data_dir)?;
     let store = Store::open(&args.data_dir).with_context(|| {
         format!(
             "opening the store in {} (if flux proxy is running on it, post the files to its --otlp endpoint instead)",

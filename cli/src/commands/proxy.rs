@@ -94,6 +94,18 @@ pub struct ProxyArgs {
     /// cookie).
     #[arg(long = "http-redact", value_name = "HEADER")]
     http_redact: Vec<String>,
+
+    /// A column whose values are never stored: TABLE.COLUMN, SCHEMA.TABLE.COLUMN or
+    /// '*.COLUMN' (repeatable; FLUX_REDACT takes a comma-separated list). Row images hold
+    /// <redacted> instead, and a statement naming the column is stored without its
+    /// literals.
+    #[arg(
+        long,
+        env = "FLUX_REDACT",
+        value_name = "TABLE.COLUMN",
+        value_delimiter = ','
+    )]
+    redact: Vec<String>,
 }
 
 /// on/off.
@@ -125,8 +137,14 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
             Some(flux_proxy::client_tls_config(cert, key).context("loading --tls-cert/--tls-key")?);
     }
     if let Some(dir) = &args.data_dir {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating data dir {}", dir.display()))?;
+        flux_store::private_dir(dir)?;
+    }
+    let redact = flux_recorder::Redactor::new(args.redact.iter().map(String::as_str))?;
+    if !redact.is_empty() {
+        tracing::info!(
+            rules = args.redact.len(),
+            "redacting columns before they are stored"
+        );
     }
     let capture = match (args.capture, &args.data_dir) {
         (Some(Switch::Off), _) => None,
@@ -164,9 +182,13 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 },
             );
             let sink = Arc::new(
-                StoreSink::new(w.handle(), durability).with_upstream(config.upstream.addr()),
+                StoreSink::new(w.handle(), durability)
+                    .with_upstream(config.upstream.addr())
+                    .with_redaction(redact.clone()),
             );
-            span_sink = Some(Arc::new(SpanWriter::new(w.handle())));
+            span_sink = Some(Arc::new(
+                SpanWriter::new(w.handle()).with_redaction(redact.clone()),
+            ));
             exchange_sink = Some(sink.clone());
             writer = Some(w);
             Some(sink)
