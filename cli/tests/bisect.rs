@@ -82,7 +82,7 @@ async fn bisect_names_the_commit_that_broke_checkout() {
     let (scratch, _scratch_db) = scratch_database(&pg).await;
 
     // The user's repository: the shop at its first commit.
-    let work = tempfile::tempdir().expect("tmp");
+    let work = common::private_tempdir();
     let repo = work.path().join("shop");
     std::fs::create_dir_all(&repo).expect("repo");
     for f in ["app.py", "schema.sql"] {
@@ -102,7 +102,7 @@ async fn bisect_names_the_commit_that_broke_checkout() {
     let first_full = git(&repo, &["rev-parse", "HEAD"]);
 
     // Record a passing checkout served by the first commit.
-    let data = tempfile::tempdir().expect("tmp");
+    let data = common::private_tempdir();
     let mut stack = ShopStack::start(
         &pg,
         data.path(),

@@ -95,7 +95,7 @@ async fn seed_row_story_history_and_blame() {
     pg.admin_sql(
         "create table users(id int primary key, email text, name text, plan text not null default 'free')",
     );
-    let data = tempfile::tempdir().expect("tmp");
+    let data = common::private_tempdir();
     let flux = proxy(&pg, data.path(), &[]);
     let mut c = flux_integration_tests::pg::connect(&flux.conn_str()).await;
 
@@ -233,7 +233,7 @@ async fn composite_keys_keyless_tables_and_gaps() {
         "create table memberships(org int, member int, role text, primary key (org, member)); \
          create table events(kind text, n int)",
     );
-    let data = tempfile::tempdir().expect("tmp");
+    let data = common::private_tempdir();
     let flux = proxy(&pg, data.path(), &[]);
     let c = flux_integration_tests::pg::connect(&flux.conn_str()).await;
     c.batch_execute(
@@ -362,7 +362,7 @@ async fn composite_keys_keyless_tables_and_gaps() {
 async fn concurrent_writers_committed_history_folds_to_final_table() {
     let pg = PgCluster::start(Options::default());
     pg.admin_sql("create table acct(id int primary key, v int not null, note text)");
-    let data = tempfile::tempdir().expect("tmp");
+    let data = common::private_tempdir();
     let flux = proxy(&pg, data.path(), &[]);
     let conn_str = Arc::new(flux.conn_str());
     let mut tasks = Vec::new();
@@ -459,7 +459,7 @@ async fn concurrent_writers_committed_history_folds_to_final_table() {
 async fn kill_9_in_strict_mode_loses_no_acknowledged_commit() {
     let pg = PgCluster::start(Options::default());
     pg.admin_sql("create table orders(id bigint primary key, total int)");
-    let data = tempfile::tempdir().expect("tmp");
+    let data = common::private_tempdir();
     let mut flux = proxy(&pg, data.path(), &["--durability", "strict"]);
     let conn_str = Arc::new(flux.conn_str());
     let acked = Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
@@ -532,7 +532,7 @@ async fn settle() {
 async fn why_names_the_failing_statement_and_its_rolled_back_changes() {
     let pg = PgCluster::start(Options::default());
     pg.admin_sql("create table users(id int primary key, plan text)");
-    let data = tempfile::tempdir().expect("tmp");
+    let data = common::private_tempdir();
     let daemon = proxy(&pg, data.path(), &[]);
     let mut c = flux_integration_tests::pg::connect(&daemon.conn_str()).await;
     c.batch_execute("insert into users values (1, 'free'), (2, 'free')")
@@ -613,7 +613,7 @@ async fn redacted_columns_never_reach_the_store() {
     pg.admin_sql(
         "CREATE TABLE accounts (id int PRIMARY KEY, email text, password_hash text, ssn text)",
     );
-    let tmp = tempfile::tempdir().expect("tmp");
+    let tmp = common::private_tempdir();
     let data = tmp.path().join("new/flux-data");
     let p = proxy(
         &pg,

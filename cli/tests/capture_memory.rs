@@ -27,7 +27,7 @@ fn memory_kb(pid: u32, field: &str) -> u64 {
 async fn a_multi_million_row_write_keeps_the_proxy_under_100_mb() {
     let pg = PgCluster::start(Options::default());
     pg.admin_sql("CREATE TABLE big (id bigint PRIMARY KEY, payload text NOT NULL)");
-    let data = tempfile::tempdir().expect("tmp");
+    let data = common::private_tempdir();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut cmd = flux();

@@ -36,7 +36,7 @@ impl Pair {
         let mut captured = direct.clone_stopped();
         direct.start_server();
         captured.start_server();
-        let data = tempfile::tempdir().expect("tmp");
+        let data = common::private_tempdir();
         let proxy_port = free_port();
         let listen = format!("127.0.0.1:{proxy_port}");
         let mut cmd = flux();
@@ -64,7 +64,7 @@ impl Pair {
     /// Runs `script` with psql directly and through the proxy; asserts the transcripts
     /// (statements echoed, results, errors, in order) are identical and returns one.
     fn same_transcript(&self, script: &str) -> String {
-        let dir = tempfile::tempdir().expect("tmp");
+        let dir = common::private_tempdir();
         let file = dir.path().join("script.sql");
         std::fs::write(&file, script).expect("write script");
         let direct = psql(self.direct.port, &file, &dir.path().join("direct.out"));

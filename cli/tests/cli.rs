@@ -7,6 +7,8 @@ use std::time::Duration;
 use flux_integration_tests::pg::{free_port, Options, PgCluster, DB, PASSWORD, USER};
 use flux_integration_tests::process::{signal, start_proxy, wait_exit};
 
+mod common;
+
 fn flux() -> Command {
     Command::new(env!("CARGO_BIN_EXE_flux"))
 }
@@ -59,7 +61,7 @@ fn version_help_and_usage_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_then_exits_zero_on_sigterm_closing_sessions_cleanly() {
     let pg = PgCluster::start(Options::default());
-    let data = tempfile::tempdir().expect("tmp");
+    let data = common::private_tempdir();
     let listen = format!("127.0.0.1:{}", free_port());
     let mut child = start_proxy(
         flux()
@@ -134,7 +136,7 @@ async fn serves_then_exits_zero_on_sigterm_closing_sessions_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_from_environment_and_stops_on_sigint() {
     let pg = PgCluster::start(Options::default());
-    let data = tempfile::tempdir().expect("tmp");
+    let data = common::private_tempdir();
     let listen = format!("127.0.0.1:{}", free_port());
     let mut child = start_proxy(
         flux()
@@ -171,7 +173,7 @@ fn output_into_a_closed_pipe_ends_quietly() {
     use std::io::Read;
     use std::process::Stdio;
 
-    let data = tempfile::tempdir().expect("tmp");
+    let data = common::private_tempdir();
     {
         // Enough history for one row that the output overflows a pipe's buffer.
         let store = flux_store::Store::open(data.path()).expect("store");

@@ -80,7 +80,7 @@ struct Gateway {
 /// `flux proxy` with the gateway in front of `upstream` (any address, even a closed one).
 fn gateway(upstream: &str, extra: &[&str]) -> Gateway {
     let pg = PgCluster::start(Options::default());
-    let data = tempfile::tempdir().expect("tmp");
+    let data = common::private_tempdir();
     let listen = format!("127.0.0.1:{}", free_port());
     let http = format!("127.0.0.1:{}", free_port());
     let mut cmd = flux();
@@ -240,7 +240,7 @@ async fn requests_reach_the_app_and_are_recorded() {
 async fn bodies_stream_chunked_large_and_with_100_continue() {
     let app = app().await;
     let gw = gateway(&format!("http://{app}"), &["--http-body-limit", "64K"]);
-    let dir = tempfile::tempdir().expect("tmp");
+    let dir = common::private_tempdir();
     let big = dir.path().join("big.bin");
     std::fs::write(&big, vec![b'x'; 200_000]).expect("write");
     let big_arg = format!("@{}", big.display());

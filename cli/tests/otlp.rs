@@ -109,7 +109,7 @@ fn post(port: u16, content_type: &str, gzip: bool, body: &[u8]) -> (u16, String)
 async fn split_retried_out_of_order_exports_make_one_tree() {
     let pg = PgCluster::start(Options::default());
     pg.admin_sql("create table orders(id int primary key, amount int)");
-    let data = tempfile::tempdir().expect("tmp");
+    let data = common::private_tempdir();
     let (port, otlp) = (free_port(), free_port());
     let listen = format!("127.0.0.1:{port}");
     let otlp_addr = format!("127.0.0.1:{otlp}");
@@ -247,7 +247,7 @@ async fn split_retried_out_of_order_exports_make_one_tree() {
 /// `flux ingest` loads the collector's file-exporter format offline, reporting bad lines.
 #[test]
 fn ingest_loads_json_lines_files() {
-    let dir = tempfile::tempdir().expect("tmp");
+    let dir = common::private_tempdir();
     let file = dir.path().join("traces.jsonl");
     let mut root = span(ROOT, None, "GET /users/{id}", 0, 12);
     root.kind = 2;

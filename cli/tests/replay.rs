@@ -67,8 +67,8 @@ async fn an_incident_replays_still_failing_then_resolved_after_the_fix() {
     let pg = PgCluster::start(Options::default());
     pg.admin_sql(&std::fs::read_to_string(shop().join("schema.sql")).expect("schema"));
     let (scratch, scratch_db) = scratch_database(&pg).await;
-    let data = tempfile::tempdir().expect("tmp");
-    let work = tempfile::tempdir().expect("tmp");
+    let data = common::private_tempdir();
+    let work = common::private_tempdir();
     let outbox = work.path().join("outbox");
     let stack = ShopStack::start(
         &pg,

@@ -21,7 +21,7 @@ async fn failing_checkout_story_with_the_real_sdk() {
     python(); // fails early, saying how to install it, when the example's Python is missing
     let pg = PgCluster::start(Options::default());
     pg.admin_sql(&std::fs::read_to_string(shop().join("schema.sql")).expect("schema"));
-    let data = tempfile::tempdir().expect("tmp");
+    let data = common::private_tempdir();
     let stack = ShopStack::start(&pg, data.path(), &shop().join("app.py"), false, &[]);
     let app = stack.entry;
 

@@ -211,3 +211,12 @@ pub async fn scratch_database(
     client.batch_execute(&schema).await.expect("schema");
     (url, client)
 }
+
+/// A temporary directory only its owner may read (`0700`): what `flux` accepts as a data
+/// dir (it refuses one every user may read; `tempfile` leaves the mode to the umask).
+pub fn private_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    dir
+}
