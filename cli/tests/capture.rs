@@ -704,3 +704,104 @@ async fn redacted_columns_never_reach_the_store() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--redact"));
 }
+
+/// A SCRAM-only server and an app role whose password the proxy does not have: capture
+/// cannot read the catalog as the session's role, says so loudly at start-up, and records
+/// the app's writes as gaps; with `--catalog-user` (a login with no privileges beyond
+/// CONNECT), it reads the catalog for every role and captures the rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_login_lets_capture_read_scram_servers() {
+    use flux_integration_tests::pg::Auth;
+    let pg = PgCluster::start(Options {
+        auth: Auth::Scram,
+        ..Options::default()
+    });
+    pg.admin_sql(
+        "CREATE TABLE orders (id int PRIMARY KEY, total int);
+         CREATE ROLE app LOGIN PASSWORD 'app-pw';
+         GRANT SELECT, INSERT ON orders TO app;
+         CREATE ROLE flux_catalog LOGIN PASSWORD 'cat-pw';",
+    );
+    // Starts flux with its log in a file; returns the child, its port and the log path.
+    let start = |name: &str, data: &Path, extra: &[&str], env: &[(&str, &str)]| {
+        let port = free_port();
+        let log = data.with_extension(format!("{name}.log"));
+        let mut child = flux()
+            .args(["proxy", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--upstream", &pg.url(), "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .envs(env.iter().copied())
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("flux proxy");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("catalog") && text.contains("listening on") {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("flux exited ({status}): {text}");
+            }
+            assert!(std::time::Instant::now() < deadline, "{text}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (Running { child, port }, log)
+    };
+    let write = |port: u16, id: i32| async move {
+        let conn = format!("host=127.0.0.1 port={port} user=app password=app-pw dbname={DB}");
+        let (client, c) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+            .await
+            .expect("connect as app");
+        tokio::spawn(c);
+        client
+            .batch_execute(&format!("INSERT INTO orders VALUES ({id}, 10)"))
+            .await
+            .expect("insert");
+    };
+    let tmp = common::private_tempdir();
+
+    // Without a catalog login: said at start-up, and the write is a gap.
+    let bare = tmp.path().join("bare");
+    let (p, log) = start("bare", &bare, &[], &[]);
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("CAPTURE CANNOT READ THE CATALOG"), "{text}");
+    assert!(text.contains("--catalog-user"), "{text}");
+    write(p.port, 1).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let h = state_json(&bare, &["history", "orders", "--id", "1"]);
+        if h["gaps"].as_array().is_some_and(|g| !g.is_empty()) {
+            assert_eq!(h["mutations"].as_array().map(Vec::len), Some(0), "{h}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{h}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(p);
+
+    // With one: read for the app's role too, and the row is captured.
+    let with = tmp.path().join("with");
+    let (p, log) = start(
+        "with",
+        &with,
+        &["--catalog-user", "flux_catalog"],
+        &[("FLUX_CATALOG_PASSWORD", "cat-pw")],
+    );
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("capture reads the catalog"), "{text}");
+    write(p.port, 2).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let h = state_json(&with, &["history", "orders", "--id", "2"]);
+        if h["mutations"].as_array().is_some_and(|m| m.len() == 1) {
+            assert!(h.to_string().contains("\"total\":10"), "{h}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{h}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

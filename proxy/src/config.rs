@@ -24,6 +24,19 @@ pub struct ProxyConfig {
     pub startup_timeout: Duration,
     /// On shutdown, how long busy sessions get to become idle before they are cut.
     pub shutdown_timeout: Duration,
+    /// The login capture's catalog connections use for every database and session role
+    /// (`--catalog-user`); `None`: each session's own role, with `--upstream`'s password.
+    pub catalog_login: Option<CatalogLogin>,
+}
+
+/// A dedicated, low-privilege login for reading `pg_catalog`; privileges are still checked
+/// for each session's role (`has_table_privilege(role, …)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogLogin {
+    /// Role name.
+    pub user: String,
+    /// Its password, when the server asks for one.
+    pub password: Option<String>,
 }
 
 impl ProxyConfig {
@@ -37,6 +50,7 @@ impl ProxyConfig {
             connect_timeout: Duration::from_secs(10),
             startup_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
+            catalog_login: None,
         }
     }
 }

@@ -36,7 +36,7 @@ pub mod stream;
 pub mod upstream;
 
 pub use capture::{CaptureEvent, EventSink};
-pub use config::{client_tls_config, ProxyConfig, ProxyError};
+pub use config::{client_tls_config, CatalogLogin, ProxyConfig, ProxyError};
 pub use server::Proxy;
 pub use shared::Stats;
 pub use upstream::{SslMode, Upstream};

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::capture::catalog::CatalogError;
 use crate::capture::event::EventSink;
 use crate::config::{ProxyConfig, ProxyError};
 use crate::shared::{Shared, Shutdown, Stats};
@@ -60,6 +61,41 @@ impl Proxy {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Reads the catalog of the upstream's default database (`--upstream`'s database,
+    /// else its user's name) as capture would for a session of `--upstream`'s user: how
+    /// many relations it sees, or why it cannot (a start-up check; sessions read their
+    /// own database's catalog as they come).
+    pub fn probe_catalog(
+        &self,
+    ) -> impl std::future::Future<Output = Result<(String, String, usize), CatalogError>> + Send + 'static
+    {
+        let up = &self.shared.upstream;
+        let user = up
+            .user
+            .clone()
+            .or_else(|| {
+                self.shared
+                    .config
+                    .catalog_login
+                    .as_ref()
+                    .map(|l| l.user.clone())
+            })
+            .unwrap_or_else(|| "postgres".to_string());
+        let database = up.database.clone().unwrap_or_else(|| user.clone());
+        let target = crate::capture::catalog::Target {
+            upstream: up.clone(),
+            tls: self.shared.upstream_tls.clone(),
+            timeout: self.shared.config.connect_timeout,
+            database: database.clone(),
+            user: user.clone(),
+            login: self.shared.config.catalog_login.clone(),
+        };
+        async move {
+            let n = crate::capture::catalog::probe(&target).await?;
+            Ok((database, user, n))
+        }
     }
 
     /// Live counters.

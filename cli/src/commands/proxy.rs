@@ -95,6 +95,15 @@ pub struct ProxyArgs {
     #[arg(long = "http-redact", value_name = "HEADER")]
     http_redact: Vec<String>,
 
+    /// A login capture uses to read `pg_catalog` for every database and session role,
+    /// instead of each session's own role (which needs `--upstream`'s password or a server
+    /// that trusts the proxy). Give it no privileges beyond CONNECT; privileges are still
+    /// checked for each session's role. Its password: FLUX_CATALOG_URL
+    /// (postgres://USER:PASSWORD@…; only user and password are used) or PGPASSWORD-style
+    /// FLUX_CATALOG_PASSWORD.
+    #[arg(long, value_name = "ROLE")]
+    catalog_user: Option<String>,
+
     /// A column whose values are never stored: TABLE.COLUMN, SCHEMA.TABLE.COLUMN or
     /// '*.COLUMN' (repeatable; FLUX_REDACT takes a comma-separated list). Row images hold
     /// <redacted> instead, and a statement naming the column is stored without its
@@ -132,6 +141,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     config.max_frame_len = args.max_frame_size;
     config.connect_timeout = args.connect_timeout;
     config.shutdown_timeout = args.shutdown_timeout;
+    config.catalog_login = catalog_login(args.catalog_user.as_deref())?;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.client_tls =
             Some(flux_proxy::client_tls_config(cert, key).context("loading --tls-cert/--tls-key")?);
@@ -271,6 +281,26 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         };
         let proxy = Proxy::bind(config, sink).await?;
         let addr = proxy.local_addr()?;
+        if capture.is_some() {
+            // Say it now, not at the first write: capture that cannot read the catalog
+            // records every write as a gap.
+            let probe = proxy.probe_catalog();
+            tokio::spawn(async move {
+                match probe.await {
+                    Ok((database, user, n)) => tracing::info!(
+                        database,
+                        user,
+                        relations = n,
+                        "capture reads the catalog"
+                    ),
+                    Err(e) => tracing::error!(
+                        "CAPTURE CANNOT READ THE CATALOG ({e}): writes will be recorded as gaps, not rows. \
+                         Give capture a login with --catalog-user ROLE and FLUX_CATALOG_PASSWORD (or FLUX_CATALOG_URL), \
+                         or the role's password in --upstream, or let the server trust the proxy's host"
+                    ),
+                }
+            });
+        }
         tracing::info!(
             upstream = %upstream_addr,
             workers,
@@ -301,6 +331,40 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         }
         tracing::info!("stopped");
         Ok(())
+    })
+}
+
+/// `--catalog-user` and `FLUX_CATALOG_URL` / `FLUX_CATALOG_PASSWORD`.
+fn catalog_login(user: Option<&str>) -> anyhow::Result<Option<flux_proxy::CatalogLogin>> {
+    let url = std::env::var("FLUX_CATALOG_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    let from_url = match &url {
+        Some(u) => {
+            let up: flux_proxy::Upstream = u
+                .parse()
+                .with_context(|| "check FLUX_CATALOG_URL (postgres://USER:PASSWORD@HOST/)")?;
+            up.user.map(|user| (user, up.password))
+        }
+        None => None,
+    };
+    let password = std::env::var("FLUX_CATALOG_PASSWORD").ok();
+    Ok(match (user, from_url) {
+        (Some(user), Some((url_user, url_password))) if url_user == user => {
+            Some(flux_proxy::CatalogLogin {
+                user: user.to_string(),
+                password: url_password.or(password),
+            })
+        }
+        (Some(user), _) => Some(flux_proxy::CatalogLogin {
+            user: user.to_string(),
+            password,
+        }),
+        (None, Some((user, url_password))) => Some(flux_proxy::CatalogLogin {
+            user,
+            password: url_password.or(password),
+        }),
+        (None, None) => None,
     })
 }
 

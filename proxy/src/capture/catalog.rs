@@ -257,8 +257,10 @@ pub struct Target {
     pub timeout: Duration,
     /// The session's database.
     pub database: String,
-    /// The session's role.
+    /// The session's role (whose privileges are checked).
     pub user: String,
+    /// Who logs in: a dedicated catalog login, else the session's role.
+    pub login: Option<crate::config::CatalogLogin>,
 }
 
 /// One database and role's catalog: the latest snapshot and the side connection.
@@ -414,6 +416,16 @@ impl Catalog {
     }
 }
 
+/// Reads `target`'s catalog once on a connection of its own: how many relations capture
+/// would know, or why it cannot read them (for the proxy's start-up check).
+pub async fn probe(target: &Target) -> Result<usize, CatalogError> {
+    let mut r = Refresher::default();
+    let snapshot = tokio::time::timeout(target.timeout, read(&mut r, target))
+        .await
+        .map_err(|_| CatalogError::TimedOut)??;
+    Ok(snapshot.by_oid.len())
+}
+
 async fn read(r: &mut Refresher, target: &Target) -> Result<Snapshot, CatalogError> {
     let client = r.client(target).await?;
     let rows = client.query(TABLES_SQL, &[&target.user]).await?;
@@ -458,13 +470,17 @@ async fn connect(target: &Target) -> Result<tokio_postgres::Client, CatalogError
         .await
         .map_err(|e| CatalogError::Connect(e.to_string()))?;
     let mut config = tokio_postgres::Config::new();
+    let (user, password) = match &target.login {
+        Some(login) => (login.user.as_str(), login.password.as_ref()),
+        None => (target.user.as_str(), target.upstream.password.as_ref()),
+    };
     config
-        .user(&target.user)
+        .user(user)
         .dbname(&target.database)
         .application_name("flux-catalog")
         // The stream is already encrypted when the upstream wants TLS.
         .ssl_mode(tokio_postgres::config::SslMode::Disable);
-    if let Some(password) = &target.upstream.password {
+    if let Some(password) = password {
         config.password(password);
     }
     let (client, connection) = config.connect_raw(stream, tokio_postgres::NoTls).await?;

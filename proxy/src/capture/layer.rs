@@ -53,6 +53,7 @@ pub(crate) fn start(
             timeout: shared.config.connect_timeout,
             database: database.to_string(),
             user: user.to_string(),
+            login: shared.config.catalog_login.clone(),
         },
         pending_roles: Vec::new(),
         unsettled: false,
