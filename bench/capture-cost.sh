@@ -41,29 +41,10 @@ cleanup() {
 trap cleanup EXIT
 
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-# The postmaster's CPU and its children's, live and reaped.
-pg_ticks() {
-  local pm=$1 total kids
-  total=$(awk '{print $14+$15+$16+$17}' "/proc/$pm/stat")
-  for kid in $(ps -o pid= --ppid "$pm"); do
-    kids=$(awk '{print $14+$15}' "/proc/$kid/stat" 2>/dev/null || echo 0)
-    total=$((total + kids))
-  done
-  echo "$total"
-}
-median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
 for v in $SERVERS; do
-  if [ "$v" = 18 ]; then PGBIN=$(ensure_pg18); else PGBIN=$(pg_bin_dir); fi
+  bench_cluster "$v" "$w" "$SCALE"
   data="$w/data-$v"
-  as_pg "$PGBIN/initdb" -D "$data" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
-  printf "listen_addresses='127.0.0.1'\nunix_socket_directories='%s'\nmax_connections=200\nshared_buffers=512MB\n" "$w" >>"$data/postgresql.conf"
-  P=$(free_port)
-  as_pg "$PGBIN/pg_ctl" -D "$data" -l "$w/pg-$v.log" -o "-p $P" -w start >/dev/null
-  PM=$(head -1 "$data/postmaster.pid")
-  version=$("$PGBIN/postgres" --version | awk '{print $3}')
-  PGBENCH=$PGBIN/pgbench; [ -x "$PGBENCH" ] || PGBENCH=$(command -v pgbench)
-  "$PGBENCH" -h 127.0.0.1 -p "$P" -U postgres -i -s "$SCALE" -q postgres >/dev/null 2>&1
   declare -A port=() pid=()
   port[direct]=$P
   start_flux() { # name args...

@@ -64,26 +64,10 @@ for name, ret in out.items():
     open(f"{w}/{name}.sql", "w").write(script(ret))
 PY
 
-pg_ticks() {
-  local pm=$1 total
-  total=$(awk '{print $14+$15+$16+$17}' "/proc/$pm/stat")
-  for kid in $(ps -o pid= --ppid "$pm"); do
-    total=$((total + $(awk '{print $14+$15}' "/proc/$kid/stat" 2>/dev/null || echo 0)))
-  done
-  echo "$total"
-}
-median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
 for v in $SERVERS; do
-  if [ "$v" = 18 ]; then PGBIN=$(ensure_pg18); else PGBIN=$(pg_bin_dir); fi
-  PGBENCH=$PGBIN/pgbench; [ -x "$PGBENCH" ] || PGBENCH=$(command -v pgbench)
+  bench_cluster "$v" "$w" 10
   data="$w/data-$v"
-  as_pg "$PGBIN/initdb" -D "$data" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
-  printf "listen_addresses='127.0.0.1'\nunix_socket_directories='%s'\nmax_connections=200\nshared_buffers=512MB\n" "$w" >>"$data/postgresql.conf"
-  P=$(free_port)
-  as_pg "$PGBIN/pg_ctl" -D "$data" -l "$w/pg-$v.log" -o "-p $P" -w start >/dev/null
-  PM=$(head -1 "$data/postmaster.pid")
-  "$PGBENCH" -h 127.0.0.1 -p "$P" -U postgres -i -s 10 -q postgres >/dev/null 2>&1
   variants="plain $(cd "$w" && ls "$v"-*.sql | sed 's/\.sql$//' | tr '\n' ' ')"
   declare -A res=()
   for r in $(seq "$ROUNDS"); do
@@ -96,7 +80,6 @@ for v in $SERVERS; do
       res[$x]+="$(( (a - b) * 10000 / tx ))"$'\n'
     done
   done
-  version=$("$PGBIN/postgres" --version | awk '{print $3}')
   base=$(median <<<"${res[plain]}")
   echo "PostgreSQL $version: CPU per TPC-B transaction (3 UPDATEs and an INSERT captured), medians of $ROUNDS"
   for x in $variants; do

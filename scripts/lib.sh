@@ -201,3 +201,34 @@ ensure_regress_suite() {
   fi
   chmod -R a+rX "$dir"
 }
+
+# Benchmarks: a throwaway cluster of server VERSION (15 or 18) in WORK/data-VERSION with
+# pgbench's tables at SCALE. Sets PGBIN, PGBENCH, P (its port), PM (the postmaster's pid)
+# and version.
+bench_cluster() { # VERSION WORK SCALE
+  local v=$1 work=$2 scale=$3 data
+  if [ "$v" = 18 ]; then PGBIN=$(ensure_pg18); else PGBIN=$(pg_bin_dir); fi
+  PGBENCH=$PGBIN/pgbench; [ -x "$PGBENCH" ] || PGBENCH=$(command -v pgbench)
+  data="$work/data-$v"
+  as_pg "$PGBIN/initdb" -D "$data" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
+  printf "listen_addresses='127.0.0.1'\nunix_socket_directories='%s'\nmax_connections=200\nshared_buffers=512MB\n" "$work" >>"$data/postgresql.conf"
+  P=$(free_port)
+  as_pg "$PGBIN/pg_ctl" -D "$data" -l "$work/pg-$v.log" -o "-p $P" -w start >/dev/null
+  PM=$(head -1 "$data/postmaster.pid")
+  version=$("$PGBIN/postgres" --version | awk '{print $3}')
+  "$PGBENCH" -h 127.0.0.1 -p "$P" -U postgres -i -s "$scale" -q postgres >/dev/null 2>&1
+}
+
+# PostgreSQL's CPU so far in clock ticks: the postmaster's own, its reaped children's, and
+# its live children's.
+pg_ticks() { # POSTMASTER_PID
+  local total
+  total=$(awk '{print $14+$15+$16+$17}' "/proc/$1/stat")
+  for kid in $(ps -o pid= --ppid "$1"); do
+    total=$((total + $(awk '{print $14+$15}' "/proc/$kid/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+
+# The median of the numbers on stdin.
+median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
