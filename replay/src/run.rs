@@ -5,7 +5,6 @@
 //! original. Everything started here is stopped when [`replay`] returns or its future is
 //! dropped (an error, Ctrl-C).
 
-use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -629,9 +628,7 @@ fn outcome_of(
     body: Option<&Vec<u8>>,
 ) -> Result<Outcome, StoreError> {
     let why = store.why(id)?;
-    let tree = store.trace(id)?;
-    let root_failed = tree.root().is_some_and(flux_store::trace::is_failed);
-    let failed = status.is_none_or(|s| s >= 400) || root_failed;
+    let failed = status.is_none_or(|s| s >= 400) || why.root_failed;
     // A handled failure inside a passing request (a retried call) is not the request's.
     let error = failed
         .then(|| why.cause.as_ref().map(|c| c.message.clone()))
@@ -1083,21 +1080,28 @@ async fn send_one(
 async fn wait_for_records(store: &Store, chosen: &[Chosen], sent: &[Sent]) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let quiet = Duration::from_millis(400);
-    let mut last: BTreeMap<&str, u32> = BTreeMap::new();
+    // Per request: its exchange seen (read once, never again), and its span count.
+    let mut exchanged = vec![false; sent.len()];
+    let mut spans_seen = vec![0u32; sent.len()];
     let mut changed = Instant::now();
     loop {
         let mut complete = true;
         let mut any_change = false;
-        for (c, s) in chosen.iter().zip(sent) {
-            let exchange = matches!(store.exchange(&s.trace), Ok(Some(_)));
+        for (i, (c, s)) in chosen.iter().zip(sent).enumerate() {
+            if let Some(seen) = exchanged.get_mut(i).filter(|seen| !**seen) {
+                *seen = matches!(store.exchange(&s.trace), Ok(Some(_)));
+            }
             let summary = store.request(&s.trace).ok().flatten();
             let spans = summary.as_ref().map_or(0, |r| r.spans);
             let app = summary.as_ref().is_some_and(|r| r.app && r.spans > 1);
-            if !exchange || (c.app_spans && !app) {
+            if !exchanged.get(i).copied().unwrap_or(false) || (c.app_spans && !app) {
                 complete = false;
             }
-            if last.insert(&s.trace, spans) != Some(spans) {
-                any_change = true;
+            if let Some(before) = spans_seen.get_mut(i) {
+                if *before != spans {
+                    *before = spans;
+                    any_change = true;
+                }
             }
         }
         if any_change {

@@ -44,6 +44,9 @@ pub struct Why {
     pub suggestion: Option<&'static str>,
     /// How many statements were recorded for the request.
     pub statements: usize,
+    /// Whether the request's own root span failed (a failure the app handled inside a
+    /// request that then succeeded leaves it unfailed).
+    pub root_failed: bool,
 }
 
 impl Store {
@@ -53,6 +56,7 @@ impl Store {
         let failed = statements.iter().find(|s| s.sqlstate.is_some()).cloned();
         let tree = self.trace(request)?;
         let root = tree.root_cause();
+        let root_failed = tree.root().is_some_and(crate::trace::is_failed);
         let location = root.and_then(|i| tree.location(i));
         let cause = match root {
             Some(i) => Some(span_cause(&tree, i)),
@@ -77,6 +81,7 @@ impl Store {
             changes: self.request_history(request)?,
             suggestion,
             statements: statements.len(),
+            root_failed,
         })
     }
 }
