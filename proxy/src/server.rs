@@ -84,14 +84,7 @@ impl Proxy {
             })
             .unwrap_or_else(|| "postgres".to_string());
         let database = up.database.clone().unwrap_or_else(|| user.clone());
-        let target = crate::capture::catalog::Target {
-            upstream: up.clone(),
-            tls: self.shared.upstream_tls.clone(),
-            timeout: self.shared.config.connect_timeout,
-            database: database.clone(),
-            user: user.clone(),
-            login: self.shared.config.catalog_login.clone(),
-        };
+        let target = self.shared.catalog_target(&database, &user);
         async move {
             let n = crate::capture::catalog::probe(&target).await?;
             Ok((database, user, n))

@@ -42,6 +42,20 @@ pub(crate) struct Shared {
     pub upstream: Arc<Upstream>,
 }
 
+impl Shared {
+    /// Where and as whom capture reads `database`'s catalog for sessions of `user`.
+    pub fn catalog_target(&self, database: &str, user: &str) -> crate::capture::catalog::Target {
+        crate::capture::catalog::Target {
+            upstream: self.upstream.clone(),
+            tls: self.upstream_tls.clone(),
+            timeout: self.config.connect_timeout,
+            database: database.to_string(),
+            user: user.to_string(),
+            login: self.config.catalog_login.clone(),
+        }
+    }
+}
+
 /// Tells sessions to close at their next idle point.
 ///
 /// Every session polls its signal on each wakeup, so polling must cost no more than an

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use flux_replay::bisect::{self, Event, Outcome, Request, Tested};
 
+use super::incident::runtime;
 use crate::output::out;
 
 /// `flux bug`.
@@ -67,14 +68,6 @@ pub fn run(command: BugCommand) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
 }
 
 fn step() -> anyhow::Result<ExitCode> {

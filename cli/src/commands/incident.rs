@@ -156,11 +156,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let scratch = run::hide_password(&options.config.replay.database);
     let text = args.setup.format == ReplayFormat::Text;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = runtime()?;
     let bar = ProgressBar::new_spinner();
     bar.set_style(
         ProgressStyle::with_template("  {spinner} {msg}")
@@ -229,6 +225,16 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Replay and bisect run the replay proxy, gateway and stub in-process next to the app:
+/// two workers.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn render(report: &Report) {
