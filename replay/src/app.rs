@@ -18,7 +18,7 @@ use crate::config::Config;
 #[derive(Debug)]
 pub struct AppProcess {
     child: Child,
-    group: Option<Pid>,
+    group: ProcessGroup,
     /// Where the app listens.
     pub url: String,
     /// The port Flux picked (also the app's `PORT`).
@@ -104,10 +104,7 @@ pub async fn start(
         what: "spawning sh",
         source,
     })?;
-    let group = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .and_then(Pid::from_raw);
+    let group = ProcessGroup::led_by(&child);
     let mut app = AppProcess {
         child,
         group,
@@ -160,14 +157,40 @@ impl AppProcess {
         }
         // Whatever the shell started and left behind.
         self.kill(Signal::KILL);
-        self.group = None;
+        self.group.forget();
     }
 
     fn kill(&self, signal: Signal) {
-        if let Some(group) = self.group {
-            // ESRCH: already gone.
+        self.group.signal(signal);
+    }
+}
+
+/// The process group a child leads (it was spawned with `process_group(0)`), to signal
+/// it and everything it started.
+#[derive(Debug)]
+pub(crate) struct ProcessGroup(Option<Pid>);
+
+impl ProcessGroup {
+    /// The group `child` leads.
+    pub(crate) fn led_by(child: &Child) -> Self {
+        ProcessGroup(
+            child
+                .id()
+                .and_then(|id| i32::try_from(id).ok())
+                .and_then(Pid::from_raw),
+        )
+    }
+
+    /// Sends `signal` to the whole group (nothing once forgotten; ESRCH: already gone).
+    pub(crate) fn signal(&self, signal: Signal) {
+        if let Some(group) = self.0 {
             let _ = kill_process_group(group, signal);
         }
+    }
+
+    /// Once the leader was reaped its id may be reused: signal nothing from then on.
+    pub(crate) fn forget(&mut self) {
+        self.0 = None;
     }
 }
 
@@ -252,7 +275,7 @@ http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever(
             std::fs::read_to_string(&log).expect("log").lines().next(),
             Some("hi 1")
         );
-        let group = app.group.expect("group");
+        let group = app.group.0.expect("group");
         app.stop(Duration::from_secs(5)).await;
         // Nothing of the group is left (the backgrounded sleep included), once the
         // orphans are reaped by init.

@@ -655,12 +655,7 @@ pub async fn bisect(
         .kill_on_drop(true)
         .spawn()
         .map_err(io("running git bisect run"))?;
-    let mut interrupt = Interrupt(
-        child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .and_then(rustix::process::Pid::from_raw),
-    );
+    let mut interrupt = Interrupt(crate::app::ProcessGroup::led_by(&child));
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let read_all = |pipe: Option<tokio::process::ChildStdout>| async move {
@@ -707,7 +702,7 @@ pub async fn bisect(
         }
     };
     // Finished on its own: nothing to interrupt (its process group id may be reused).
-    interrupt.0 = None;
+    interrupt.0.forget();
     follow(&mut tested, &mut step_error);
     let out = out_task.await.unwrap_or_default();
     let err = err_task.await.unwrap_or_default();
@@ -763,14 +758,11 @@ pub async fn bisect(
 
 /// Interrupts `git bisect run`'s process group when the bisect ends early (Ctrl-C, an
 /// error): the step running then stops its app and exits, and git gives up.
-struct Interrupt(Option<rustix::process::Pid>);
+struct Interrupt(crate::app::ProcessGroup);
 
 impl Drop for Interrupt {
     fn drop(&mut self) {
-        if let Some(group) = self.0 {
-            // ESRCH: git already finished.
-            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::INT);
-        }
+        self.0.signal(rustix::process::Signal::INT);
     }
 }
 
