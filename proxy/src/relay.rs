@@ -280,19 +280,68 @@ fn outgoing<'a>(
     &out[..]
 }
 
-/// Writes a chunk (with its replaced frames) in one write and flushes it.
-async fn forward(
-    wr: &mut WriteHalf<'_>,
-    out: &mut BytesMut,
-    chunk: &[u8],
-    frames: &FrameIndex,
-    replaced: &[(usize, Option<Bytes>)],
-) -> io::Result<()> {
-    let bytes = outgoing(out, chunk, frames, replaced);
-    wr.write_all(bytes).await?;
-    wr.flush().await?;
-    out.clear();
-    Ok(())
+/// One direction's buffers: what was read, where its complete frames are, what replaces
+/// some of them, and how many bytes the next frame still needs.
+struct Leg {
+    buf: BytesMut,
+    cursor: FrameCursor,
+    frames: FrameIndex,
+    replaced: Vec<(usize, Option<Bytes>)>,
+    out: BytesMut,
+    want: usize,
+}
+
+impl Leg {
+    fn new(max_frame_len: usize) -> Self {
+        Leg {
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            cursor: FrameCursor::new(max_frame_len),
+            frames: FrameIndex::new(),
+            replaced: Vec::new(),
+            out: BytesMut::new(),
+            want: 0,
+        }
+    }
+
+    /// Reads more; 0 at the end of the stream.
+    async fn read(&mut self, rd: &mut ReadHalf<'_>) -> io::Result<usize> {
+        read_more(rd, &mut self.buf, self.want).await
+    }
+
+    /// Indexes the complete frames at the front of the buffer; how many bytes they span
+    /// (0: none yet). Clears the previous chunk's replacements.
+    fn scan(
+        &mut self,
+        streamable: &dyn Fn(u8) -> bool,
+        stop_after: Option<u8>,
+    ) -> Result<usize, FrameError> {
+        let (end, want) = scan(
+            &self.buf,
+            &mut self.cursor,
+            &mut self.frames,
+            streamable,
+            stop_after,
+        )?;
+        self.want = want;
+        self.replaced.clear();
+        Ok(end)
+    }
+
+    /// Writes the first `end` bytes (with the replaced frames) in one write, flushes, and
+    /// drops them from the buffer.
+    async fn forward(&mut self, wr: &mut WriteHalf<'_>, end: usize) -> io::Result<()> {
+        let bytes = outgoing(
+            &mut self.out,
+            &self.buf[..end],
+            &self.frames,
+            &self.replaced,
+        );
+        wr.write_all(bytes).await?;
+        wr.flush().await?;
+        self.out.clear();
+        self.buf.advance(end);
+        Ok(())
+    }
 }
 
 async fn client_to_server<C: ClientSide>(
@@ -302,52 +351,39 @@ async fn client_to_server<C: ClientSide>(
     side: &mut C,
     shared: &Shared,
 ) -> Result<RelayEnd, SessionError> {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let mut cursor = FrameCursor::new(shared.config.max_frame_len);
-    let mut frames = FrameIndex::new();
-    let mut replaced: Vec<(usize, Option<Bytes>)> = Vec::new();
-    let mut out = BytesMut::new();
-    let mut want = 0;
+    let mut leg = Leg::new(shared.config.max_frame_len);
     loop {
-        let n = read_more(rd, &mut buf, want)
-            .await
-            .map_err(SessionError::ClientIo)?;
+        let n = leg.read(rd).await.map_err(SessionError::ClientIo)?;
         if n == 0 {
-            if buf.is_empty() && !cursor.is_streaming() {
+            if leg.buf.is_empty() && !leg.cursor.is_streaming() {
                 return Ok(RelayEnd::ClientClosed);
             }
             return Err(SessionError::ClientFrame(FrameError::Truncated));
         }
-        let (end, need) = scan(
-            &buf,
-            &mut cursor,
-            &mut frames,
-            &client_streamable,
-            Some(tag::TERMINATE),
-        )
-        .map_err(SessionError::ClientFrame)?;
-        want = need;
+        let end = leg
+            .scan(&client_streamable, Some(tag::TERMINATE))
+            .map_err(SessionError::ClientFrame)?;
         if end == 0 {
             continue;
         }
-        let chunk = &buf[..end];
-        side.prepare(chunk, &frames, relay).await;
-        replaced.clear();
+        let chunk = &leg.buf[..end];
+        side.prepare(chunk, &leg.frames, relay).await;
         {
             let mut r = lock(relay);
-            for (i, &(t, at, size)) in frames.iter().enumerate() {
+            for (i, &(t, at, size)) in leg.frames.iter().enumerate() {
                 if let Some(replacement) = side.frame(t, &chunk[at..at + size], &mut r) {
-                    replaced.push((i, Some(replacement)));
+                    leg.replaced.push((i, Some(replacement)));
                 }
             }
             r.writing_up = true;
         }
-        forward(wr, &mut out, chunk, &frames, &replaced)
-            .await
-            .map_err(SessionError::ServerIo)?;
-        buf.advance(end);
+        let terminated = leg
+            .frames
+            .last()
+            .is_some_and(|&(t, _, _)| t == tag::TERMINATE);
+        leg.forward(wr, end).await.map_err(SessionError::ServerIo)?;
         lock(relay).writing_up = false;
-        if frames.last().is_some_and(|&(t, _, _)| t == tag::TERMINATE) {
+        if terminated {
             return Ok(RelayEnd::ClientTerminated);
         }
     }
@@ -360,15 +396,10 @@ async fn server_to_client<S: ServerSide>(
     side: &mut S,
     shared: &Shared,
 ) -> Result<RelayEnd, SessionError> {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let mut cursor = FrameCursor::new(shared.config.max_frame_len);
-    let mut frames = FrameIndex::new();
-    let mut replaced: Vec<(usize, Option<Bytes>)> = Vec::new();
-    let mut out = BytesMut::new();
+    let mut leg = Leg::new(shared.config.max_frame_len);
     let mut server_said_fatal = false;
-    let mut want = 0;
     loop {
-        let n = match read_more(rd, &mut buf, want).await {
+        let n = match leg.read(rd).await {
             Ok(n) => n,
             Err(e) if server_said_fatal => {
                 tracing::debug!("upstream closed after a FATAL error: {e}");
@@ -384,17 +415,16 @@ async fn server_to_client<S: ServerSide>(
             });
         }
         let streamable = |t: u8| side.streamable(t);
-        let (end, need) = scan(&buf, &mut cursor, &mut frames, &streamable, None)
+        let end = leg
+            .scan(&streamable, None)
             .map_err(SessionError::ServerFrame)?;
-        want = need;
         if end == 0 {
             continue;
         }
-        let chunk = &buf[..end];
-        replaced.clear();
+        let chunk = &leg.buf[..end];
         {
             let mut r = lock(relay);
-            for (i, &(t, at, size)) in frames.iter().enumerate() {
+            for (i, &(t, at, size)) in leg.frames.iter().enumerate() {
                 let frame = &chunk[at..at + size];
                 if t == bt::ERROR_RESPONSE
                     && message::error_fields(frame).is_ok_and(|e| e.is_fatal())
@@ -402,16 +432,13 @@ async fn server_to_client<S: ServerSide>(
                     server_said_fatal = true;
                 }
                 if let Some(replacement) = side.frame(t, frame, &mut r) {
-                    replaced.push((i, replacement));
+                    leg.replaced.push((i, replacement));
                 }
             }
             r.writing_down = true;
         }
         side.before_write().await;
-        forward(wr, &mut out, chunk, &frames, &replaced)
-            .await
-            .map_err(SessionError::ClientIo)?;
-        buf.advance(end);
+        leg.forward(wr, end).await.map_err(SessionError::ClientIo)?;
         lock(relay).writing_down = false;
         side.after_write();
     }
