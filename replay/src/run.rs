@@ -745,32 +745,25 @@ fn same_server(a: &SocketAddr, b: &SocketAddr) -> bool {
 
 /// `user:secret@` → `user@`, for messages.
 pub fn hide_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}@{host}{tail}")
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(None);
+            u.to_string()
         }
-        None => url.to_string(),
+        _ => url.to_string(),
     }
 }
 
 /// The scratch URL with its host and port replaced by `addr` and its query dropped (the
 /// replay proxy speaks plain TCP on loopback; it uses the scratch URL's TLS settings).
 fn via_proxy(url: &str, addr: SocketAddr) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let userinfo = authority
-        .rsplit_once('@')
-        .map(|(u, _)| format!("{u}@"))
-        .unwrap_or_default();
-    let path = tail.split('?').next().unwrap_or("");
-    format!("{scheme}://{userinfo}{addr}{path}")
+    let Ok(mut u) = url::Url::parse(url) else {
+        return url.to_string();
+    };
+    let _ = u.set_ip_host(addr.ip());
+    let _ = u.set_port(Some(addr.port()));
+    u.set_query(None);
+    u.to_string()
 }
 
 /// Columns filled from sequences or identities on the scratch database (`table.column`):
