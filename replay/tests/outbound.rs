@@ -9,27 +9,10 @@ use std::time::{Duration, Instant};
 use flux_replay::config::StubFixture;
 use flux_replay::outbound::Outbound;
 use flux_replay::stub::Matcher;
-use flux_store::{Span, SpanEvent, SpanKind, SpanSource};
 
-fn client(start: u64, ms: u64, attrs: &[(&str, &str)], error: Option<&str>) -> Span {
-    Span {
-        trace: "t".into(),
-        id: format!("{start:016x}"),
-        parent: None,
-        name: "HTTP".into(),
-        kind: SpanKind::Client,
-        start,
-        end: start + ms * 1_000_000,
-        error: error.map(str::to_string),
-        attributes: attrs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        events: Vec::<SpanEvent>::new(),
-        service: None,
-        source: SpanSource::App,
-    }
-}
+mod common;
+
+use common::client;
 
 /// curl through the stub: (exit code, HTTP status, body, seconds taken).
 fn curl(proxy: &str, args: &[&str]) -> (i32, u16, String, f64) {
