@@ -656,25 +656,8 @@ pub async fn bisect(
         .spawn()
         .map_err(io("running git bisect run"))?;
     let mut interrupt = Interrupt(crate::app::ProcessGroup::led_by(&child));
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let read_all = |pipe: Option<tokio::process::ChildStdout>| async move {
-        let mut text = String::new();
-        if let Some(mut p) = pipe {
-            use tokio::io::AsyncReadExt;
-            let _ = p.read_to_string(&mut text).await;
-        }
-        text
-    };
-    let err_task = tokio::spawn(async move {
-        let mut text = String::new();
-        if let Some(mut p) = stderr {
-            use tokio::io::AsyncReadExt;
-            let _ = p.read_to_string(&mut text).await;
-        }
-        text
-    });
-    let out_task = tokio::spawn(read_all(stdout));
+    let out_task = tokio::spawn(read_all(child.stdout.take()));
+    let err_task = tokio::spawn(read_all(child.stderr.take()));
     let mut seen_lines = 0;
     let mut step_error = None;
     let mut follow = |tested: &mut Vec<Tested>, step_error: &mut Option<String>| {
@@ -754,6 +737,16 @@ pub async fn bisect(
         bad_run,
         elapsed_ms: began.elapsed().as_millis() as u64,
     })
+}
+
+/// Everything a child's pipe says, until it closes.
+async fn read_all<R: tokio::io::AsyncRead + Unpin>(pipe: Option<R>) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut text = String::new();
+    if let Some(mut p) = pipe {
+        let _ = p.read_to_string(&mut text).await;
+    }
+    text
 }
 
 /// Interrupts `git bisect run`'s process group when the bisect ends early (Ctrl-C, an
