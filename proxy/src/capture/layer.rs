@@ -56,6 +56,7 @@ pub(crate) fn start(
     let reader = Reader {
         id,
         shared: shared.clone(),
+        untagged: sink.untagged_statements(),
         sink,
         events: Vec::new(),
         completions: Vec::new(),
@@ -247,6 +248,8 @@ pub(crate) struct Reader {
     /// Statements completed in the chunk being relayed, with their request ids; reported
     /// once the chunk is written.
     completions: Vec<(Completion, Option<String>)>,
+    /// The sink wants statements no request tags (asked once, not per statement).
+    untagged: bool,
 }
 
 impl ServerSide for Reader {
@@ -293,7 +296,7 @@ impl ServerSide for Reader {
             }
             // A statement no request claims is of no use to a sink that keeps only
             // requests' statements: not even its text is copied then.
-            if request.is_some() || self.sink.untagged_statements() {
+            if request.is_some() || self.untagged {
                 self.completions.push((done, request));
             }
         }
