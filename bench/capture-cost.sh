@@ -58,27 +58,8 @@ for v in $SERVERS; do
   start_flux capture --data-dir "$w/store-$v"
   targets="direct relay capture"
   if [ -n "$PGBOUNCER" ]; then
-    p=$(free_port)
-    cat >"$w/pgbouncer-$v.ini" <<INI
-[databases]
-postgres = host=127.0.0.1 port=$P dbname=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $p
-auth_type = trust
-auth_file = $w/users-$v.txt
-pool_mode = session
-max_client_conn = 200
-default_pool_size = 50
-logfile = $w/pgbouncer-$v.log
-pidfile = $w/pgbouncer-$v.pid
-unix_socket_dir =
-INI
-    echo '"postgres" ""' >"$w/users-$v.txt"
-    run_as_pg chown_work "$w"
-    as_pg "$PGBOUNCER" "$w/pgbouncer-$v.ini" >/dev/null 2>&1 &
-    for _ in $(seq 50); do [ -s "$w/pgbouncer-$v.pid" ] && break; sleep 0.1; done
-    pid[pgbouncer]=$(cat "$w/pgbouncer-$v.pid"); port[pgbouncer]=$p
+    port[pgbouncer]=$(start_pgbouncer "$w" "pgbouncer-$v" "$P")
+    pid[pgbouncer]=$(cat "$w/pgbouncer-$v.pid")
     targets="$targets pgbouncer"
   fi
   run() { # target mode clients -> "tps proxy_us pg_us latency_ms"

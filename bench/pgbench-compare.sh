@@ -76,25 +76,7 @@ if [ "${UNIX:-}" = 1 ]; then
   port[flux-unix]=$FLUX_UNIX_PORT
 fi
 if command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]; then
-  PGB_PORT=$(free_port)
-  cat >"$work/pgbouncer.ini" <<INI
-[databases]
-postgres = host=127.0.0.1 port=$PG_PORT dbname=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $PGB_PORT
-unix_socket_dir =
-auth_type = trust
-auth_file = $work/userlist.txt
-pool_mode = session
-max_client_conn = 200
-default_pool_size = 50
-logfile = $work/pgbouncer.log
-pidfile = $work/pgbouncer.pid
-INI
-  echo '"postgres" ""' >"$work/userlist.txt"
-  run_as_pg chown_work "$work"
-  as_pg "$(command -v pgbouncer || echo /usr/sbin/pgbouncer)" -d "$work/pgbouncer.ini"
+  PGB_PORT=$(start_pgbouncer "$work" pgbouncer "$PG_PORT")
   targets+=(pgbouncer)
   port[pgbouncer]=$PGB_PORT
 fi

@@ -232,3 +232,32 @@ pg_ticks() { # POSTMASTER_PID
 
 # The median of the numbers on stdin.
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+# PgBouncer in session mode in front of 127.0.0.1:PG_PORT's `postgres` database, trusting
+# `postgres`, with its files named WORK/NAME.*; daemonized (stop it by WORK/NAME.pid).
+# Prints its port once it is up.
+start_pgbouncer() { # WORK NAME PG_PORT
+  local work=$1 name=$2 pg_port=$3 port bin
+  bin=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+  port=$(free_port)
+  cat >"$work/$name.ini" <<INI
+[databases]
+postgres = host=127.0.0.1 port=$pg_port dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = trust
+auth_file = $work/$name.users
+pool_mode = session
+max_client_conn = 200
+default_pool_size = 50
+logfile = $work/$name.log
+pidfile = $work/$name.pid
+INI
+  echo '"postgres" ""' >"$work/$name.users"
+  run_as_pg chown_work "$work"
+  as_pg "$bin" -d "$work/$name.ini" >/dev/null 2>&1
+  for _ in $(seq 50); do [ -s "$work/$name.pid" ] && break; sleep 0.1; done
+  echo "$port"
+}
