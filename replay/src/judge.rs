@@ -82,14 +82,16 @@ pub struct Ignore {
 
 impl Ignore {
     /// From `table.column` / `*.column` patterns (a bare `column` counts for every table),
-    /// plus sequence-generated columns.
+    /// plus sequence-generated columns. Tables are named as the store names them:
+    /// `public.orders.x` and `orders.x` both name `orders`.
     pub fn new<'a>(patterns: impl IntoIterator<Item = &'a str>) -> Self {
+        let table = |t: &str| t.strip_prefix("public.").unwrap_or(t).to_string();
         Self {
             patterns: patterns
                 .into_iter()
                 .map(|p| match p.rsplit_once('.') {
                     Some(("*", c)) => (None, c.to_string()),
-                    Some((t, c)) => (Some(t.to_string()), c.to_string()),
+                    Some((t, c)) => (Some(table(t)), c.to_string()),
                     None => (None, p.to_string()),
                 })
                 .collect(),
@@ -97,11 +99,9 @@ impl Ignore {
     }
 
     fn column(&self, table: &str, column: &str) -> bool {
-        self.patterns.iter().any(|(t, c)| {
-            // `orders.x` and `public.orders.x` name one table, as everywhere in the CLI.
-            let bare = |t: &'_ str| t.strip_prefix("public.").unwrap_or(t).to_string();
-            c == column && t.as_deref().is_none_or(|t| bare(t) == bare(table))
-        })
+        self.patterns
+            .iter()
+            .any(|(t, c)| c == column && t.as_deref().is_none_or(|t| t == table))
     }
 
     fn key(&self, key: &str) -> bool {
