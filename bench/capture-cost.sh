@@ -19,12 +19,7 @@ SCALE=${SCALE:-10}
 SERVERS=${SERVERS:-15 18}
 PROFILE=${PROFILE:-release}
 ensure_postgres
-if [ "$PROFILE" = release ]; then
-  (cd "$here" && cargo build -q --release -p flux-cli)
-else
-  (cd "$here" && cargo build -q -p flux-cli)
-fi
-FLUX=${FLUX:-$CARGO_TARGET_DIR/$PROFILE/flux}
+FLUX=${FLUX:-$(build_flux "$PROFILE")}
 PGBOUNCER=$(command -v pgbouncer || true)
 [ -n "$PGBOUNCER" ] || echo "note: pgbouncer is not installed (apt-get install pgbouncer): its rows are left out" >&2
 

@@ -14,12 +14,7 @@ PROFILE=${PROFILE:-release}
 PGBIN=$(pg_bin_dir)
 PY=$(ensure_example_venv)
 ensure_curl
-if [ "$PROFILE" = release ]; then
-  (cd "$here" && cargo build -q --release -p flux-cli)
-else
-  (cd "$here" && cargo build -q -p flux-cli)
-fi
-FLUX="$CARGO_TARGET_DIR/$PROFILE/flux"
+FLUX=$(build_flux "$PROFILE")
 
 STACK_NAME=flux-bench-replay
 source "$here/scripts/shop-stack.sh"

@@ -12,12 +12,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/flux-target}
 N=${N:-100000}
 RUNS=${RUNS:-20}
 PROFILE=${PROFILE:-release}  # PROFILE=debug measures the debug build (an upper bound)
-if [ "$PROFILE" = release ]; then
-  (cd "$here" && cargo build -q --release -p flux-cli)
-else
-  (cd "$here" && cargo build -q -p flux-cli)
-fi
-FLUX="$CARGO_TARGET_DIR/$PROFILE/flux"
+FLUX=$(build_flux "$PROFILE")
 work=$(mktemp -d /tmp/flux-lookup.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 

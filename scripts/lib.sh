@@ -261,3 +261,13 @@ INI
   for _ in $(seq 50); do [ -s "$work/$name.pid" ] && break; sleep 0.1; done
   echo "$port"
 }
+
+# Builds `flux` in PROFILE (release or debug) under CARGO_TARGET_DIR and prints its path.
+build_flux() { # PROFILE
+  if [ "$1" = release ]; then
+    (cd "$here" && cargo build -q --release -p flux-cli) >&2
+  else
+    (cd "$here" && cargo build -q -p flux-cli) >&2
+  fi
+  echo "$CARGO_TARGET_DIR/$1/flux"
+}
