@@ -7,6 +7,7 @@
 //! (retryable, with `Retry-After`).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -46,30 +47,55 @@ pub enum SinkError {
     Stopped,
 }
 
-/// Serves OTLP/HTTP on `listener` until `shutdown` resolves.
+/// What the receiver accepted and refused, for metrics.
+#[derive(Debug, Default)]
+pub struct OtlpStats {
+    /// Spans stored.
+    pub accepted_spans: AtomicU64,
+    /// Spans decoded but not stored (the store was busy or failed; the exporter retries).
+    pub rejected_spans: AtomicU64,
+    /// Exports refused whole: undecodable, or an unsupported encoding.
+    pub refused_exports: AtomicU64,
+}
+
+/// Serves OTLP/HTTP on `listener` until `shutdown` resolves, counting into `stats`.
 pub async fn serve(
     listener: TcpListener,
     sink: Arc<dyn SpanSink>,
+    stats: Arc<OtlpStats>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(sink))
+    axum::serve(listener, router(sink, stats))
         .with_graceful_shutdown(shutdown)
         .await
 }
 
 /// The routes, for embedding or testing.
-pub fn router(sink: Arc<dyn SpanSink>) -> Router {
+pub fn router(sink: Arc<dyn SpanSink>, stats: Arc<OtlpStats>) -> Router {
     Router::new()
         .route("/v1/traces", post(traces))
         // Compressed bodies are bounded again after inflating (otlp::gunzip).
         .layer(DefaultBodyLimit::max(MAX_PAYLOAD))
-        .with_state(sink)
+        .with_state((sink, stats))
 }
 
 async fn traces(
-    State(sink): State<Arc<dyn SpanSink>>,
+    State((sink, stats)): State<(Arc<dyn SpanSink>, Arc<OtlpStats>)>,
     headers: HeaderMap,
     body: Bytes,
+) -> Response {
+    let response = export(&sink, &stats, &headers, &body).await;
+    if response.status().is_client_error() {
+        stats.refused_exports.fetch_add(1, Ordering::Relaxed);
+    }
+    response
+}
+
+async fn export(
+    sink: &Arc<dyn SpanSink>,
+    stats: &OtlpStats,
+    headers: &HeaderMap,
+    body: &Bytes,
 ) -> Response {
     let header_str = |name| {
         headers
@@ -101,7 +127,7 @@ async fn traces(
                 .into_response()
         }
     };
-    let spans = match otlp::decode(&body, encoding, gzip) {
+    let spans = match otlp::decode(body, encoding, gzip) {
         Ok(spans) => spans,
         Err(e) => {
             tracing::warn!(error = %e, "refused an OTLP export");
@@ -110,6 +136,9 @@ async fn traces(
     };
     let count = spans.len();
     if let Err(e) = sink.accept(spans).await {
+        stats
+            .rejected_spans
+            .fetch_add(count as u64, Ordering::Relaxed);
         tracing::warn!(error = %e, spans = count, "could not store an OTLP export; asked the exporter to retry");
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -118,6 +147,9 @@ async fn traces(
         )
             .into_response();
     }
+    stats
+        .accepted_spans
+        .fetch_add(count as u64, Ordering::Relaxed);
     tracing::debug!(spans = count, "stored an OTLP export");
     match encoding {
         Encoding::Protobuf => (

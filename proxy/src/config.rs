@@ -27,6 +27,9 @@ pub struct ProxyConfig {
     /// The login capture's catalog connections use for every database and session role
     /// (`--catalog-user`); `None`: each session's own role, with `--upstream`'s password.
     pub catalog_login: Option<CatalogLogin>,
+    /// Count statements by command and time them ([`crate::StatementStats`]); on when
+    /// metrics are served.
+    pub statement_metrics: bool,
 }
 
 /// A dedicated, low-privilege login for reading `pg_catalog`; privileges are still checked
@@ -51,6 +54,7 @@ impl ProxyConfig {
             startup_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(10),
             catalog_login: None,
+            statement_metrics: false,
         }
     }
 }

@@ -38,5 +38,5 @@ pub mod upstream;
 pub use capture::{CaptureEvent, EventSink};
 pub use config::{client_tls_config, CatalogLogin, ProxyConfig, ProxyError};
 pub use server::Proxy;
-pub use shared::Stats;
+pub use shared::{StatementStats, Stats, COMMANDS, LATENCY_BUCKETS};
 pub use upstream::{SslMode, Upstream};

@@ -155,6 +155,8 @@ pub struct Pipeline {
     copy_in: bool,
     tx_status: u8,
     desyncs: u64,
+    /// Where finished statements are counted and timed, when metrics are on.
+    meter: Option<Arc<crate::shared::Stats>>,
 }
 
 impl Default for Pipeline {
@@ -174,7 +176,14 @@ impl Pipeline {
             copy_in: false,
             tx_status: b'I',
             desyncs: 0,
+            meter: None,
         }
+    }
+
+    /// Also counts each finished statement by command and times it, into `stats`.
+    pub(crate) fn metered(mut self, stats: Option<Arc<crate::shared::Stats>>) -> Self {
+        self.meter = stats;
+        self
     }
 
     /// Records a forwarded frontend message by tag, before it is written upstream.
@@ -197,7 +206,12 @@ impl Pipeline {
             }
             _ if self.skip_until_sync => {} // the server discards it
             _ => {
-                if let Some(req) = request() {
+                if let Some(mut req) = request() {
+                    if self.meter.is_some() {
+                        if let Request::Query(s) | Request::Execute(s) = &mut req {
+                            s.started.get_or_insert_with(Started::now);
+                        }
+                    }
                     self.queue.push_back(req);
                 }
             }
@@ -220,6 +234,14 @@ impl Pipeline {
                 None
             }
             bt::COMMAND_COMPLETE | bt::EMPTY_QUERY_RESPONSE => {
+                if self.meter.is_some() {
+                    let tag = if msg_tag == bt::COMMAND_COMPLETE {
+                        crate::message::command_tag(frame).unwrap_or_default()
+                    } else {
+                        b""
+                    };
+                    self.observe(Some(tag));
+                }
                 let tag = (self.track && msg_tag == bt::COMMAND_COMPLETE)
                     .then(|| {
                         crate::message::command_tag(frame)
@@ -306,8 +328,21 @@ impl Pipeline {
         }
     }
 
+    /// Counts the statement at the front as finished (`None`: failed).
+    fn observe(&self, tag: Option<&[u8]>) {
+        let (Some(stats), Some(Request::Query(s) | Request::Execute(s))) =
+            (&self.meter, self.queue.front())
+        else {
+            return;
+        };
+        if let Some(started) = &s.started {
+            stats.statements.observe(tag, started.at.elapsed());
+        }
+    }
+
     fn on_error(&mut self, frame: &[u8]) -> Option<Completion> {
         self.copy_in = false;
+        self.observe(None);
         let extended = self.front().is_some_and(Request::is_extended);
         let error = self.track.then(|| Bytes::copy_from_slice(frame));
         let mut completion = self.complete(None, error.clone());

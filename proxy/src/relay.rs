@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -181,7 +182,12 @@ where
     S: ServerSide<Shared = C::Shared>,
 {
     let relay = Mutex::new(Relay {
-        pipeline: Pipeline::new(C::TRACKS_STATEMENTS),
+        pipeline: Pipeline::new(C::TRACKS_STATEMENTS).metered(
+            shared
+                .config
+                .statement_metrics
+                .then(|| shared.stats.clone()),
+        ),
         writing_up: false,
         writing_down: false,
         shared: state,
@@ -383,6 +389,10 @@ async fn client_to_server<C: ClientSide>(
             .is_some_and(|&(t, _, _)| t == tag::TERMINATE);
         leg.forward(wr, end).await.map_err(SessionError::ServerIo)?;
         lock(relay).writing_up = false;
+        shared
+            .stats
+            .client_bytes
+            .fetch_add(end as u64, Ordering::Relaxed);
         if terminated {
             return Ok(RelayEnd::ClientTerminated);
         }
@@ -440,6 +450,10 @@ async fn server_to_client<S: ServerSide>(
         side.before_write().await;
         leg.forward(wr, end).await.map_err(SessionError::ClientIo)?;
         lock(relay).writing_down = false;
+        shared
+            .stats
+            .server_bytes
+            .fetch_add(end as u64, Ordering::Relaxed);
         side.after_write();
     }
 }

@@ -25,6 +25,71 @@ pub struct Stats {
     pub upstream_errors: AtomicU64,
     /// `CancelRequest`s forwarded upstream.
     pub cancels_forwarded: AtomicU64,
+    /// Upstream connections open now.
+    pub upstream_active: AtomicU64,
+    /// Upstream connections opened since start.
+    pub upstream_total: AtomicU64,
+    /// Bytes read from clients and forwarded upstream (as sent, before any rewrite).
+    pub client_bytes: AtomicU64,
+    /// Bytes read from the server and forwarded to clients.
+    pub server_bytes: AtomicU64,
+    /// Statements by command and their latency, kept only when asked for
+    /// ([`ProxyConfig::statement_metrics`]): timing each one costs a clock read.
+    pub statements: StatementStats,
+}
+
+/// Upper bounds (seconds) of the statement latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// The commands statements are counted by (the first word of `CommandComplete`'s tag;
+/// anything else is `other`, a failed statement `error`).
+pub const COMMANDS: [&str; 14] = [
+    "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "BEGIN", "COMMIT", "ROLLBACK", "SET",
+    "FETCH", "other", "error", "empty",
+];
+
+/// Statement counters and a lock-free latency histogram (from the statement being
+/// forwarded to its `CommandComplete` or error, as the proxy sees it).
+#[derive(Debug, Default)]
+pub struct StatementStats {
+    /// Per [`COMMANDS`] entry.
+    pub by_command: [AtomicU64; COMMANDS.len()],
+    /// Observations at or below each [`LATENCY_BUCKETS`] bound (not cumulative).
+    pub buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    /// Observations above the last bound.
+    pub overflow: AtomicU64,
+    /// Sum of observed latencies, in nanoseconds.
+    pub sum_nanos: AtomicU64,
+}
+
+impl StatementStats {
+    /// Counts a finished statement: `tag` is its `CommandComplete` tag, `None` for an
+    /// error (`Some(b"")` for an empty query).
+    pub fn observe(&self, tag: Option<&[u8]>, elapsed: std::time::Duration) {
+        let word = tag.map(|t| t.split(|&b| b == b' ').next().unwrap_or_default());
+        let i = match word {
+            None => COMMANDS.len() - 2,
+            Some([]) => COMMANDS.len() - 1,
+            Some(w) => COMMANDS[..COMMANDS.len() - 3]
+                .iter()
+                .position(|c| c.as_bytes() == w)
+                .unwrap_or(COMMANDS.len() - 3),
+        };
+        if let Some(c) = self.by_command.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        let secs = elapsed.as_secs_f64();
+        match LATENCY_BUCKETS.iter().position(|&b| secs <= b) {
+            Some(b) => self.buckets[b].fetch_add(1, Ordering::Relaxed),
+            None => self.overflow.fetch_add(1, Ordering::Relaxed),
+        };
+        self.sum_nanos.fetch_add(
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
 }
 
 /// State shared by all sessions.

@@ -74,6 +74,29 @@ impl LostKind {
     }
 }
 
+/// Counts of what capture handed to the store, read by the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct CaptureStats {
+    /// Row images (mutations) recorded.
+    pub rows: AtomicU64,
+    /// Records (of every kind) lost to a lagging or failed store since start.
+    pub dropped: AtomicU64,
+    /// Gaps by [`flux_proxy::capture::GapReason::kind`] (and `store_lagging` for records
+    /// a lagging or failed store cost). Gaps are rare: a lock is fine.
+    pub gaps: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl CaptureStats {
+    fn gap(&self, kind: &'static str, n: u64) {
+        *self
+            .gaps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(kind)
+            .or_default() += n;
+    }
+}
+
 /// The store-backed [`EventSink`].
 pub struct StoreSink {
     writer: WriterHandle,
@@ -82,8 +105,8 @@ pub struct StoreSink {
     lost: Mutex<Option<Lost>>,
     /// `lost` holds records not yet written as gaps (checked on every send without the lock).
     lagging: AtomicBool,
-    /// Records (of every kind) lost to a lagging or failed store since start.
-    pub dropped: AtomicU64,
+    /// What was recorded and lost, for metrics.
+    pub stats: std::sync::Arc<CaptureStats>,
     /// The upstream's address, recorded with each database sessions use (replay refuses
     /// those as scratch databases).
     upstream: Option<String>,
@@ -103,7 +126,7 @@ impl StoreSink {
             durability,
             lost: Mutex::new(None),
             lagging: AtomicBool::new(false),
-            dropped: AtomicU64::new(0),
+            stats: Default::default(),
             upstream: None,
             databases: Mutex::new(Vec::new()),
             stalled: std::sync::Arc::new(AtomicBool::new(false)),
@@ -134,7 +157,10 @@ impl StoreSink {
 
     fn record(&self, event: CaptureEvent) -> Option<Record> {
         Some(match event {
-            CaptureEvent::Mutation(m) => Record::Mutation(self.mutation(m)),
+            CaptureEvent::Mutation(m) => {
+                self.stats.rows.fetch_add(1, Ordering::Relaxed);
+                Record::Mutation(self.mutation(m))
+            }
             CaptureEvent::TxEnded {
                 session,
                 tx,
@@ -167,14 +193,17 @@ impl StoreSink {
                 reason,
                 request,
                 ..
-            } => Record::Gap(Gap {
-                at: nanos(at),
-                until: nanos(at),
-                table,
-                count,
-                reason: reason.to_string(),
-                request,
-            }),
+            } => {
+                self.stats.gap(reason.kind(), 1);
+                Record::Gap(Gap {
+                    at: nanos(at),
+                    until: nanos(at),
+                    table,
+                    count,
+                    reason: reason.to_string(),
+                    request,
+                })
+            }
             CaptureEvent::Statement {
                 sql,
                 started,
@@ -251,8 +280,9 @@ impl StoreSink {
         l.until = now;
         for r in records {
             *l.by_table.entry(LostKind::of(r)).or_default() += 1;
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
+        self.stats.gap("store_lagging", records.len() as u64);
         if first {
             tracing::warn!("the store is not keeping up: capture records are being dropped (gaps will say where)");
         }
@@ -418,7 +448,7 @@ mod tests {
         for n in 0..100 {
             sink.emit(mutation(n));
         }
-        assert_eq!(sink.dropped.load(Ordering::Relaxed), 100);
+        assert_eq!(sink.stats.dropped.load(Ordering::Relaxed), 100);
         // Strict mode's barrier resolves at once instead of hanging.
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -454,7 +484,7 @@ mod tests {
         sink.count_lost(&[sink.record(end).expect("record")]);
         sink.emit(mutation(2));
         writer.stop();
-        assert_eq!(sink.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(sink.stats.dropped.load(Ordering::Relaxed), 1);
         let gaps = store.gaps(0, u64::MAX, Some("users")).expect("gaps");
         assert_eq!(gaps.len(), 1, "{gaps:?}");
         assert!(gaps[0].reason.contains("in progress"), "{}", gaps[0].reason);

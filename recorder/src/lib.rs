@@ -22,7 +22,7 @@ pub mod events;
 pub mod redact;
 pub mod spans;
 
-pub use events::StoreSink;
+pub use events::{CaptureStats, StoreSink};
 pub use redact::Redactor;
 pub use spans::SpanWriter;
 

@@ -900,8 +900,10 @@ impl Services {
         let stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) =
-                flux_ingest::http::serve(listener, spans, async move { stop.cancelled().await })
-                    .await
+                flux_ingest::http::serve(listener, spans, Default::default(), async move {
+                    stop.cancelled().await
+                })
+                .await
             {
                 tracing::warn!(error = %e, "the replay's OTLP receiver stopped");
             }

@@ -31,4 +31,4 @@ pub use model::{
     SpanKind, SpanSource, StatementRecord, TxEvent, TxId, TxRecord,
 };
 pub use query::{blame, Blame, ColumnBlame, HistoryEntry};
-pub use writer::{Durability, WriteRejected, Writer, WriterConfig, WriterHandle};
+pub use writer::{Durability, WriteRejected, Writer, WriterConfig, WriterHandle, WriterStats};

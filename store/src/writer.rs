@@ -8,7 +8,7 @@
 //! - `strict`: a write sent with [`WriterHandle::write_durable`] is acknowledged only
 //!   after the batch holding it was fsynced.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -101,6 +101,14 @@ pub struct WriterStats {
     pub rejected: AtomicU64,
     /// Bytes of records queued and not yet written.
     pub queued_bytes: AtomicU64,
+    /// Time spent in RocksDB writes (and syncs), in nanoseconds.
+    pub batch_nanos: AtomicU64,
+    /// The longest single batch write, in nanoseconds.
+    pub batch_nanos_max: AtomicU64,
+    /// The last write failed (the store is failing until one succeeds).
+    pub failing: AtomicBool,
+    /// The writer thread has ended.
+    pub stopped: AtomicBool,
 }
 
 /// Sends records to the writer thread. Cheap to clone.
@@ -281,6 +289,7 @@ fn run(
         let sync_now = stopping
             || (config.durability == Durability::Strict && !acks.is_empty())
             || last_sync.elapsed() >= config.sync_interval;
+        let began = Instant::now();
         let result = if records.is_empty() {
             // A bare durability barrier: what earlier batches left unsynced must be synced.
             if sync_now && unsynced {
@@ -291,6 +300,10 @@ fn run(
         } else {
             store.write(&records, sync_now)
         };
+        let took = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        stats.batch_nanos.fetch_add(took, Ordering::Relaxed);
+        stats.batch_nanos_max.fetch_max(took, Ordering::Relaxed);
+        stats.failing.store(result.is_err(), Ordering::Relaxed);
         match &result {
             Ok(()) => {
                 stats
@@ -326,6 +339,7 @@ fn run(
     if unsynced {
         sync(&store, &stats, &mut unsynced, &mut last_sync);
     }
+    stats.stopped.store(true, Ordering::Relaxed);
 }
 
 /// Bytes written between returns of freed memory to the system.

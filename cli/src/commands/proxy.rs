@@ -115,6 +115,21 @@ pub struct ProxyArgs {
         value_delimiter = ','
     )]
     redact: Vec<String>,
+
+    /// Serve Prometheus metrics (/metrics), liveness (/healthz) and readiness (/readyz) on
+    /// this address, e.g. 127.0.0.1:9187 (a bare port means loopback). Off unless given;
+    /// also counts and times statements by command.
+    #[arg(long, env = "FLUX_ADMIN", value_name = "ADDR", value_parser = parse_admin_addr)]
+    admin: Option<SocketAddr>,
+}
+
+/// `--admin`: an address, or a port on loopback.
+fn parse_admin_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?} is not HOST:PORT or a port (e.g. 127.0.0.1:9187)"))
 }
 
 /// on/off.
@@ -142,6 +157,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     config.connect_timeout = args.connect_timeout;
     config.shutdown_timeout = args.shutdown_timeout;
     config.catalog_login = catalog_login(args.catalog_user.as_deref())?;
+    config.statement_metrics = args.admin.is_some();
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         config.client_tls =
             Some(flux_proxy::client_tls_config(cert, key).context("loading --tls-cert/--tls-key")?);
@@ -175,6 +191,8 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let mut writer = None;
     let mut span_sink = None;
     let mut exchange_sink = None;
+    let mut sources = flux_admin::Sources::default();
+    let otlp_stats = Arc::new(flux_ingest::http::OtlpStats::default());
     let sink: Option<Arc<dyn EventSink>> = match &capture {
         None => None,
         Some(dir) => {
@@ -196,6 +214,9 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
                     .with_upstream(config.upstream.addr())
                     .with_redaction(redact.clone()),
             );
+            sources.capture = Some(sink.stats.clone());
+            sources.writer = Some(w.handle().stats().clone());
+            sources.store_dir = Some(dir.clone());
             span_sink = Some(Arc::new(
                 SpanWriter::new(w.handle()).with_redaction(redact.clone()),
             ));
@@ -252,9 +273,11 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
                     listener.local_addr()?
                 );
                 let stop = shutdown.clone();
+                sources.otlp = Some(otlp_stats.clone());
                 Some(tokio::spawn(flux_ingest::http::serve(
                     listener,
                     spans,
+                    otlp_stats,
                     async move { stop.cancelled().await },
                 )))
             }
@@ -279,8 +302,33 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
             }
             None => None,
         };
+        let upstream = Arc::new(config.upstream.clone());
         let proxy = Proxy::bind(config, sink).await?;
         let addr = proxy.local_addr()?;
+        sources.proxy = Some(proxy.stats());
+        let admin = match args.admin {
+            Some(admin_addr) => {
+                let listener = tokio::net::TcpListener::bind(admin_addr)
+                    .await
+                    .with_context(|| format!("binding --admin {admin_addr}"))?;
+                tracing::info!(
+                    "serving metrics on http://{}/metrics (and /healthz, /readyz)",
+                    listener.local_addr()?
+                );
+                let readiness = flux_admin::Readiness {
+                    upstream,
+                    writer: sources.writer.clone(),
+                };
+                let stop = shutdown.clone();
+                Some(tokio::spawn(flux_admin::serve(
+                    listener,
+                    sources,
+                    readiness,
+                    async move { stop.cancelled().await },
+                )))
+            }
+            None => None,
+        };
         if capture.is_some() {
             // Say it now, not at the first write: capture that cannot read the catalog
             // records every write as a gap.
@@ -317,6 +365,13 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         if let Some(gateway) = gateway {
             if let Err(e) = gateway.await {
                 tracing::error!(error = %e, "the HTTP gateway panicked");
+            }
+        }
+        if let Some(admin) = admin {
+            match admin.await {
+                Ok(Err(e)) => tracing::error!(error = %e, "the admin endpoint failed"),
+                Err(e) => tracing::error!(error = %e, "the admin endpoint panicked"),
+                Ok(Ok(())) => {}
             }
         }
         if let Some(otlp) = otlp {

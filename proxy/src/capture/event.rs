@@ -228,6 +228,28 @@ pub enum GapReason {
 }
 
 impl GapReason {
+    /// A short, fixed name for the reason (a metrics label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GapReason::Statement(_) => "statement_form",
+            GapReason::NotUnderstood | GapReason::StringNotUnderstood => "not_understood",
+            GapReason::Routine(_) => "routine",
+            GapReason::Prepared(_) => "sql_prepare",
+            GapReason::CatalogUnreadable(_) => "catalog_unreadable",
+            GapReason::TableNotFound => "table_not_found",
+            GapReason::Ambiguous => "ambiguous_name",
+            GapReason::Relation(_) => "relation_kind",
+            GapReason::RowSecurity => "row_security",
+            GapReason::NoSelect(_) | GapReason::PrivilegesUnread(_) | GapReason::RoleUnknown => {
+                "privileges"
+            }
+            GapReason::CatalogUnsettled => "catalog_unsettled",
+            GapReason::NoBeforeImage(_) => "no_before_image",
+            GapReason::Triggers { .. } => "triggers",
+            GapReason::Cascade { .. } => "cascade",
+        }
+    }
+
     /// The write was recorded, only its before image is missing.
     pub fn partial(&self) -> bool {
         matches!(self, GapReason::NoBeforeImage(_))

@@ -1,0 +1,233 @@
+//! `flux proxy --admin`: Prometheus metrics scraped while pgbench runs through the proxy
+//! with capture on, checked against what pgbench sent; liveness; readiness following the
+//! upstream; OTLP counters following accepted and refused exports.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{flux, Running};
+use flux_integration_tests::pg::{client_bin, free_port, Options, PgCluster, DB, PASSWORD, USER};
+use flux_integration_tests::process::start_proxy;
+
+/// Status and body of `GET path` (or `POST` with a body) over plain HTTP/1.1.
+fn http(port: u16, method: &str, path: &str, body: Option<(&str, &[u8])>) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to --admin");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    if let Some((ct, b)) = body {
+        req.push_str(&format!(
+            "Content-Type: {ct}\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    if let Some((_, b)) = body {
+        bytes.extend_from_slice(b);
+    }
+    s.write_all(&bytes).expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_string())
+}
+
+/// The samples of a Prometheus text exposition: `name{labels}` → value.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn scrape(port: u16) -> BTreeMap<String, f64> {
+    let (status, body) = http(port, "GET", "/metrics", None);
+    assert_eq!(status, 200, "{body}");
+    samples(&body)
+}
+
+fn get(m: &BTreeMap<String, f64>, key: &str) -> f64 {
+    *m.get(key)
+        .unwrap_or_else(|| panic!("no {key} in the metrics: {m:#?}"))
+}
+
+fn statements(m: &BTreeMap<String, f64>, command: &str) -> f64 {
+    get(
+        m,
+        &format!("flux_proxy_statements_total{{command=\"{command}\"}}"),
+    )
+}
+
+const CLIENTS: u32 = 4;
+const TRANSACTIONS: u32 = 100;
+
+#[test]
+fn metrics_follow_the_load_and_readiness_follows_the_upstream() {
+    let mut pg = PgCluster::start(Options::default());
+    let pgbench = client_bin("pgbench");
+    let init = Command::new(&pgbench)
+        .args(["-i", "-q", "-s", "1", "-h", "127.0.0.1", "-p"])
+        .arg(pg.port.to_string())
+        .args(["-U", USER, DB])
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .expect("pgbench -i");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+
+    let data = common::private_tempdir();
+    let port = free_port();
+    let admin = free_port();
+    let otlp = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut cmd = flux();
+    cmd.args(["proxy", "--listen", &listen, "--upstream", &pg.url()])
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--admin", &admin.to_string()])
+        .args(["--otlp", &format!("127.0.0.1:{otlp}")]);
+    let _proxy = Running(start_proxy(&mut cmd, &listen));
+
+    assert_eq!(http(admin, "GET", "/healthz", None).0, 200);
+    let (status, ready) = http(admin, "GET", "/readyz", None);
+    assert_eq!(status, 200, "{ready}");
+    assert!(
+        ready.contains("ok upstream") && ready.contains("ok store"),
+        "{ready}"
+    );
+
+    // Scrape all along while pgbench runs; every scrape parses and counters only grow.
+    let running = Arc::new(AtomicBool::new(true));
+    let scraper = {
+        let running = running.clone();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while running.load(Ordering::Relaxed) {
+                let m = scrape(admin);
+                seen.push(statements(&m, "UPDATE"));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        })
+    };
+    let bench = Command::new(&pgbench)
+        .args(["-n", "-c", &CLIENTS.to_string(), "-j", "2", "-t"])
+        .arg(TRANSACTIONS.to_string())
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", USER, DB])
+        .env("PGPASSWORD", PASSWORD)
+        .output()
+        .expect("pgbench through the proxy");
+    running.store(false, Ordering::Relaxed);
+    assert!(
+        bench.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bench.stderr)
+    );
+    let during = scraper.join().expect("scraper");
+    assert!(
+        during.len() >= 2,
+        "scraped {} times during the run",
+        during.len()
+    );
+    assert!(
+        during.windows(2).all(|w| w[0] <= w[1]),
+        "a counter went down: {during:?}"
+    );
+
+    // pgbench's TPC-B transaction: BEGIN; 3 UPDATEs; SELECT; INSERT; END.
+    let tx = f64::from(CLIENTS * TRANSACTIONS);
+    let m = scrape(admin);
+    assert_eq!(statements(&m, "INSERT"), tx);
+    assert_eq!(statements(&m, "UPDATE"), 3.0 * tx);
+    assert_eq!(statements(&m, "BEGIN"), tx);
+    assert_eq!(statements(&m, "COMMIT"), tx);
+    // pgbench also reads the scale once per run.
+    assert!(statements(&m, "SELECT") >= tx, "{m:?}");
+    assert_eq!(statements(&m, "error"), 0.0);
+    let all: f64 = flux_proxy::COMMANDS.iter().map(|c| statements(&m, c)).sum();
+    let text = http(admin, "GET", "/metrics", None).1;
+    assert_eq!(
+        get(&m, "flux_proxy_statement_duration_seconds_count"),
+        all,
+        "{text}"
+    );
+    assert_eq!(
+        get(
+            &m,
+            "flux_proxy_statement_duration_seconds_bucket{le=\"+Inf\"}"
+        ),
+        all
+    );
+    assert!(get(&m, "flux_proxy_statement_duration_seconds_sum") > 0.0);
+    assert!(get(&m, "flux_proxy_client_sessions_total") >= f64::from(CLIENTS));
+    assert!(get(&m, "flux_proxy_upstream_sessions_total") >= f64::from(CLIENTS));
+    // Each statement's text went up, each answer came down.
+    assert!(
+        get(&m, "flux_proxy_bytes_total{direction=\"client_to_server\"}") > 6.0 * tx * 30.0,
+        "{m:?}"
+    );
+    assert!(get(&m, "flux_proxy_bytes_total{direction=\"server_to_client\"}") > 7.0 * tx * 10.0);
+
+    // Capture records every row pgbench wrote (3 updates and 1 insert per transaction),
+    // and the sessions close.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let m = loop {
+        let m = scrape(admin);
+        if get(&m, "flux_capture_rows_total") >= 4.0 * tx
+            && get(&m, "flux_proxy_client_sessions_open") == 0.0
+            && get(&m, "flux_store_queue_bytes") == 0.0
+        {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "capture never caught up: {m:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(get(&m, "flux_capture_rows_total"), 4.0 * tx);
+    assert_eq!(get(&m, "flux_capture_dropped_records_total"), 0.0);
+    assert_eq!(get(&m, "flux_proxy_upstream_sessions_open"), 0.0);
+    assert!(get(&m, "flux_store_records_written_total") >= 4.0 * tx);
+    assert!(get(&m, "flux_store_batches_total") >= 1.0);
+    assert_eq!(get(&m, "flux_store_batch_failures_total"), 0.0);
+    assert!(get(&m, "flux_store_disk_bytes") > 0.0);
+
+    // OTLP: a good export counts its spans, a malformed one is refused whole.
+    let export = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"shop"}}]},"scopeSpans":[{"spans":[
+        {"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"GET /","kind":2,"startTimeUnixNano":"1700000000000000000","endTimeUnixNano":"1700000000100000000"},
+        {"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b175","parentSpanId":"eee19b7ec3c1b174","name":"work","kind":1,"startTimeUnixNano":"1700000000010000000","endTimeUnixNano":"1700000000090000000"}]}]}]}"#;
+    let post = |body: &[u8]| http(otlp, "POST", "/v1/traces", Some(("application/json", body))).0;
+    assert_eq!(post(export.as_bytes()), 200);
+    assert_eq!(post(b"{\"resourceSpans\": 7}"), 400);
+    let m = scrape(admin);
+    assert_eq!(get(&m, "flux_otlp_spans_accepted_total"), 2.0);
+    assert_eq!(get(&m, "flux_otlp_exports_refused_total"), 1.0);
+    assert_eq!(get(&m, "flux_otlp_spans_rejected_total"), 0.0);
+
+    // Readiness follows the upstream; liveness does not.
+    pg.stop_immediate();
+    let (status, body) = http(admin, "GET", "/readyz", None);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("FAIL upstream"), "{body}");
+    assert!(body.contains("ok store"), "{body}");
+    assert_eq!(http(admin, "GET", "/healthz", None).0, 200);
+    pg.start_server();
+    let (status, body) = http(admin, "GET", "/readyz", None);
+    assert_eq!(status, 200, "{body}");
+}
