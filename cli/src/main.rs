@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the proxy in front of a PostgreSQL server.
-    Proxy(commands::proxy::ProxyArgs),
+    Proxy(Box<commands::proxy::ProxyArgs>),
     /// Row history and column blame from the record.
     #[command(subcommand)]
     State(commands::state::StateCommand),
@@ -41,6 +41,9 @@ enum Command {
     /// Find the commit that broke a recorded request (`flux bug bisect --request ID`).
     #[command(subcommand)]
     Bug(commands::bug::BugCommand),
+    /// The data dir itself: per-family sizes and time ranges, compaction.
+    #[command(subcommand)]
+    Store(commands::store::StoreCommand),
     /// Load OTLP/JSON trace files (one export per line) into a data dir, offline.
     Ingest(commands::ingest::IngestArgs),
 }
@@ -55,12 +58,13 @@ fn main() -> ExitCode {
         && cli.log == "info";
     init_logging(if quiet { "warn" } else { &cli.log });
     let result = match cli.command {
-        Command::Proxy(args) => commands::proxy::run(args),
+        Command::Proxy(args) => commands::proxy::run(*args),
         Command::State(command) => commands::state::run(command),
         Command::Why(args) => commands::why::run(args),
         Command::Tail(args) => commands::tail::run(args),
         Command::Trace(args) => commands::trace::run(args),
         Command::Ingest(args) => commands::ingest::run(args),
+        Command::Store(command) => commands::store::run(command),
         // Its own exit statuses: 1 when a replayed request fails, 2 when it cannot run.
         Command::Incident(command) => return commands::incident::run(command),
         Command::Bug(command) => return commands::bug::run(command),

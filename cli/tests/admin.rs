@@ -73,6 +73,11 @@ fn statements(m: &BTreeMap<String, f64>, command: &str) -> f64 {
     )
 }
 
+/// An OTLP/JSON export of a two-span request from November 2023.
+const EXPORT: &str = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"shop"}}]},"scopeSpans":[{"spans":[
+        {"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"GET /","kind":2,"startTimeUnixNano":"1700000000000000000","endTimeUnixNano":"1700000000100000000"},
+        {"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b175","parentSpanId":"eee19b7ec3c1b174","name":"work","kind":1,"startTimeUnixNano":"1700000000010000000","endTimeUnixNano":"1700000000090000000"}]}]}]}"#;
+
 const CLIENTS: u32 = 4;
 const TRANSACTIONS: u32 = 100;
 
@@ -209,9 +214,7 @@ fn metrics_follow_the_load_and_readiness_follows_the_upstream() {
     assert!(get(&m, "flux_store_disk_bytes") > 0.0);
 
     // OTLP: a good export counts its spans, a malformed one is refused whole.
-    let export = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"shop"}}]},"scopeSpans":[{"spans":[
-        {"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"GET /","kind":2,"startTimeUnixNano":"1700000000000000000","endTimeUnixNano":"1700000000100000000"},
-        {"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b175","parentSpanId":"eee19b7ec3c1b174","name":"work","kind":1,"startTimeUnixNano":"1700000000010000000","endTimeUnixNano":"1700000000090000000"}]}]}]}"#;
+    let export = EXPORT;
     let post = |body: &[u8]| http(otlp, "POST", "/v1/traces", Some(("application/json", body))).0;
     assert_eq!(post(export.as_bytes()), 200);
     assert_eq!(post(b"{\"resourceSpans\": 7}"), 400);
@@ -230,4 +233,76 @@ fn metrics_follow_the_load_and_readiness_follows_the_upstream() {
     pg.start_server();
     let (status, body) = http(admin, "GET", "/readyz", None);
     assert_eq!(status, 200, "{body}");
+}
+
+/// `--retain` removes a request older than the age kept while the proxy runs, and
+/// `flux store stats` shows the families before and after.
+#[test]
+fn retention_removes_old_requests_while_the_proxy_runs() {
+    let pg = PgCluster::start(Options::default());
+    let data = common::private_tempdir();
+    let port = free_port();
+    let otlp = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut cmd = flux();
+    cmd.args(["proxy", "--listen", &listen, "--upstream", &pg.url()])
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--otlp", &format!("127.0.0.1:{otlp}")])
+        .args(["--retain", "20s"]);
+    let _proxy = Running(start_proxy(&mut cmd, &listen));
+    let stats = |data: &std::path::Path| {
+        let out = flux()
+            .args(["store", "stats", "--format", "json", "--data-dir"])
+            .arg(data)
+            .output()
+            .expect("flux store stats");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        v["families"]
+            .as_array()
+            .expect("families")
+            .iter()
+            .find(|f| f["family"] == "requests_by_time")
+            .expect("requests_by_time")["oldest"]
+            .clone()
+    };
+    let status = http(
+        otlp,
+        "POST",
+        "/v1/traces",
+        Some(("application/json", EXPORT.as_bytes())),
+    )
+    .0;
+    assert_eq!(status, 200);
+    // Stored (the receiver answers once written); a pass runs every second.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let trace = flux()
+            .args(["trace", "5b8efff798038103d269b633813fc60c", "--data-dir"])
+            .arg(data.path())
+            .output()
+            .expect("flux trace");
+        if !trace.status.success() {
+            assert!(
+                String::from_utf8_lossy(&trace.stderr).contains("5b8efff7"),
+                "{}",
+                String::from_utf8_lossy(&trace.stderr)
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the 2023 request was never removed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        stats(data.path()).is_null(),
+        "requests_by_time still holds a request"
+    );
 }

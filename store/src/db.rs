@@ -19,7 +19,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rocksdb::{
     ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
@@ -44,18 +44,18 @@ pub const SCHEMA_VERSION: u32 = 3;
 /// empty family is all it takes).
 const UPGRADABLE_FROM: u64 = 2;
 
-const META: &str = "meta";
-const MUTATIONS: &str = "mutations";
-const MUTATIONS_BY_REQUEST: &str = "mutations_by_request";
-const TX: &str = "tx";
-const GAPS: &str = "gaps";
-const STATEMENTS: &str = "statements";
-const SPANS: &str = "spans";
-const REQUESTS: &str = "requests";
-const REQUESTS_BY_TIME: &str = "requests_by_time";
-const EXCHANGES: &str = "exchanges";
+pub(crate) const META: &str = "meta";
+pub(crate) const MUTATIONS: &str = "mutations";
+pub(crate) const MUTATIONS_BY_REQUEST: &str = "mutations_by_request";
+pub(crate) const TX: &str = "tx";
+pub(crate) const GAPS: &str = "gaps";
+pub(crate) const STATEMENTS: &str = "statements";
+pub(crate) const SPANS: &str = "spans";
+pub(crate) const REQUESTS: &str = "requests";
+pub(crate) const REQUESTS_BY_TIME: &str = "requests_by_time";
+pub(crate) const EXCHANGES: &str = "exchanges";
 /// Every column family.
-const FAMILIES: [&str; 10] = [
+pub(crate) const FAMILIES: [&str; 10] = [
     META,
     REQUESTS,
     REQUESTS_BY_TIME,
@@ -158,13 +158,16 @@ pub fn private_dir(path: &Path) -> Result<(), StoreError> {
 
 /// An open data dir.
 pub struct Store {
-    db: DB,
+    pub(crate) db: DB,
     path: PathBuf,
     /// The last sequence number used (persisted in `meta` with every batch).
     next_seq: AtomicU64,
     /// Serialises [`write`](Self::write): sequence numbers and the persisted counter must
     /// advance together, whoever calls it.
-    write_lock: Mutex<()>,
+    pub(crate) write_lock: Mutex<()>,
+    /// Records older than this (ns) are dropped by compaction where a compaction filter
+    /// decides ([`crate::retention`]); 0 keeps everything.
+    pub(crate) floor: Arc<AtomicU64>,
     /// A secondary's own directory, removed on drop.
     _secondary: Option<tempfile::TempDir>,
 }
@@ -193,15 +196,19 @@ impl Store {
             source,
         };
         let opts = options();
-        let cfs = FAMILIES
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, options()));
+        let floor = Arc::new(AtomicU64::new(0));
+        let cfs = FAMILIES.iter().map(|name| {
+            let mut o = options();
+            crate::retention::configure(name, &mut o, &floor);
+            ColumnFamilyDescriptor::new(*name, o)
+        });
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(rocks)?;
         let store = Store {
             db,
             path: path.to_path_buf(),
             next_seq: AtomicU64::new(0),
             write_lock: Mutex::new(()),
+            floor,
             _secondary: None,
         };
         match store.meta_u64(KEY_SCHEMA_VERSION)? {
@@ -273,6 +280,7 @@ impl Store {
             path: path.to_path_buf(),
             next_seq: AtomicU64::new(0),
             write_lock: Mutex::new(()),
+            floor: Arc::default(),
             _secondary: Some(scratch),
         };
         if let Some(v) = store.meta_u64(KEY_SCHEMA_VERSION)? {
@@ -298,14 +306,14 @@ impl Store {
         &self.path
     }
 
-    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+    pub(crate) fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         // Every family in FAMILIES is opened (or created) with the DB.
         self.db
             .cf_handle(name)
             .unwrap_or_else(|| unreachable!("column family {name} is opened with the store"))
     }
 
-    fn rocks(&self, source: rocksdb::Error) -> StoreError {
+    pub(crate) fn rocks(&self, source: rocksdb::Error) -> StoreError {
         StoreError::Rocks {
             path: self.path.clone(),
             source,
@@ -526,7 +534,7 @@ impl Store {
     }
 
     /// Scans `family` from `start` while keys start with `prefix`.
-    fn scan<'a>(
+    pub(crate) fn scan<'a>(
         &'a self,
         family: &str,
         start: &'a [u8],
@@ -541,7 +549,7 @@ impl Store {
             .take_while(move |r| r.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
     }
 
-    fn decode<T: serde::de::DeserializeOwned>(
+    pub(crate) fn decode<T: serde::de::DeserializeOwned>(
         &self,
         bytes: &[u8],
         what: &'static str,
@@ -745,7 +753,7 @@ fn row_prefix(table: &str, key: Option<&[String]>) -> Vec<u8> {
     out
 }
 
-fn mutation_key(m: &Mutation, seq: u64) -> Vec<u8> {
+pub(crate) fn mutation_key(m: &Mutation, seq: u64) -> Vec<u8> {
     let mut key = row_prefix(&m.table, m.key.as_deref());
     keys::put_u64(&mut key, m.at);
     keys::put_u64(&mut key, seq);
@@ -759,7 +767,7 @@ fn span_key(request: &str, span: &str) -> Vec<u8> {
     key
 }
 
-fn time_key(start: Nanos, request: &str) -> Vec<u8> {
+pub(crate) fn time_key(start: Nanos, request: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(request.len() + 10);
     keys::put_u64(&mut key, start);
     keys::put_str(&mut key, request.as_bytes());

@@ -6,6 +6,8 @@
 //! - [`db`]: the RocksDB layout, writing batches, reading as a live secondary.
 //! - [`writer`]: the batched writer thread behind a bounded channel, with durability modes.
 //! - [`query`]: row history, a request's changes, per-column blame.
+//! - [`retention`]: dropping the oldest requests whole, by age or size.
+//! - [`stats`]: per-family sizes and time ranges.
 //! - [`trace`]: a request's span tree, its summary, root cause, location, and trace diffs.
 //!
 //! It knows nothing of the wire protocol: the daemon turns the proxy's capture events
@@ -21,6 +23,8 @@ pub mod db;
 pub mod keys;
 pub mod model;
 pub mod query;
+pub mod retention;
+pub mod stats;
 pub mod trace;
 pub mod why;
 pub mod writer;
@@ -31,4 +35,13 @@ pub use model::{
     SpanKind, SpanSource, StatementRecord, TxEvent, TxId, TxRecord,
 };
 pub use query::{blame, Blame, ColumnBlame, HistoryEntry};
+pub use retention::{Expired, Policy};
+pub use stats::FamilyStats;
 pub use writer::{Durability, WriteRejected, Writer, WriterConfig, WriterHandle, WriterStats};
+
+/// Nanoseconds since the Unix epoch (0 before it).
+pub fn nanos(t: std::time::SystemTime) -> Nanos {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

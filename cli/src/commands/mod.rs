@@ -5,6 +5,7 @@ pub mod incident;
 pub mod ingest;
 pub mod proxy;
 pub mod state;
+pub mod store;
 pub mod tail;
 pub mod trace;
 pub mod why;

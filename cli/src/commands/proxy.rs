@@ -121,6 +121,22 @@ pub struct ProxyArgs {
     /// also counts and times statements by command.
     #[arg(long, env = "FLUX_ADMIN", value_name = "ADDR", value_parser = parse_admin_addr)]
     admin: Option<SocketAddr>,
+
+    /// Remove requests (with all their records) that started longer ago than this, e.g.
+    /// 7d or 12h; records of no request go by their own time. Checked at start and then
+    /// every twentieth of it (at most every 10 minutes).
+    #[arg(long, env = "FLUX_RETAIN", value_parser = humantime::parse_duration)]
+    retain: Option<Duration>,
+
+    /// Remove the oldest requests while the record's tables exceed this size (e.g. 20GiB).
+    #[arg(long, env = "FLUX_RETAIN_SIZE", value_parser = flux_ingest::gateway::parse_size)]
+    retain_size: Option<usize>,
+}
+
+/// How often retention runs: a twentieth of the age kept, between 1 s and 10 minutes.
+fn retention_interval(age: Option<Duration>) -> Duration {
+    age.map_or(Duration::from_secs(60), |a| a / 20)
+        .clamp(Duration::from_secs(1), Duration::from_secs(600))
 }
 
 /// `--admin`: an address, or a port on loopback.
@@ -189,6 +205,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     };
     // The writer thread lives as long as this function; dropping it flushes and syncs.
     let mut writer = None;
+    let mut retention = None;
     let mut span_sink = None;
     let mut exchange_sink = None;
     let mut sources = flux_admin::Sources::default();
@@ -202,8 +219,26 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
                     dir.display()
                 )
             })?;
+            let store = Arc::new(store);
+            if args.retain.is_some() || args.retain_size.is_some() {
+                let policy = flux_store::Policy {
+                    max_age: args.retain,
+                    max_size: args.retain_size.map(|s| s as u64),
+                };
+                let (tx, rx) = std::sync::mpsc::channel();
+                let every = retention_interval(args.retain);
+                let thread = flux_store::retention::spawn(store.clone(), policy, every, rx)
+                    .context("starting the retention thread")?;
+                tracing::info!(
+                    retain = ?args.retain,
+                    retain_size = ?args.retain_size,
+                    every = ?every,
+                    "retention on"
+                );
+                retention = Some((tx, thread));
+            }
             let w = Writer::start(
-                Arc::new(store),
+                store,
                 WriterConfig {
                     durability,
                     ..WriterConfig::default()
@@ -380,6 +415,10 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 Err(e) => tracing::error!(error = %e, "the OTLP receiver panicked"),
                 Ok(Ok(())) => {}
             }
+        }
+        if let Some((stop, thread)) = retention.take() {
+            drop(stop);
+            let _ = thread.join();
         }
         if let Some(w) = writer.take() {
             w.stop();

@@ -1,0 +1,372 @@
+//! Retention: dropping the oldest records, by age (`--retain 7d`) or by size
+//! (`--retain-size 20GiB`), consistently across families.
+//!
+//! The unit is the request. A request is expired when it *started* before the cutoff, and
+//! then everything keyed by it goes in one batch with it — its summary and time-index
+//! entry, its spans, statements and exchange (one range delete per family and request),
+//! its row changes (point deletes through `mutations_by_request`) — so no request is ever
+//! half there. Records that belong to no request are dropped by their own time by RocksDB
+//! compaction filters, never by a scan: row changes no request tagged (`at`), transaction
+//! outcomes (`at`), and gaps (one range delete, their key starts with the time).
+//!
+//! Nothing here waits on the writer or makes it wait longer than one small batch: a pass
+//! builds each batch of up to [`CHUNK`] requests without the store's write lock and takes
+//! it only for the write itself. Tombstones and filtered records free disk space as
+//! RocksDB compacts (files with many deletions are compacted early; every file at least
+//! once a day); `flux store compact` (or a size-triggered pass) compacts at once.
+//!
+//! Clocks: a request's start comes from the app's spans, its rows' times from the proxy.
+//! A row written by a request kept near the cutoff keeps its transaction outcome unless
+//! the app's clock runs ahead of the proxy's by more than the time between the two.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rocksdb::compaction_filter::Decision;
+use rocksdb::{IteratorMode, Options, WriteBatch};
+use serde::Deserialize;
+
+use crate::db::{
+    Store, StoreError, EXCHANGES, FAMILIES, GAPS, MUTATIONS, MUTATIONS_BY_REQUEST, REQUESTS,
+    REQUESTS_BY_TIME, SPANS, STATEMENTS, TX,
+};
+use crate::keys;
+use crate::model::Nanos;
+
+/// A request's key in `requests_by_time` and its id.
+type Indexed = (Vec<u8>, Vec<u8>);
+
+/// Requests expired per write batch.
+const CHUNK: usize = 256;
+
+/// Installs the compaction filters and deletion-triggered compaction on a family's options.
+pub(crate) fn configure(family: &str, opts: &mut Options, floor: &Arc<AtomicU64>) {
+    // A file whose tombstones make up a fifth of any 1,000 entries is compacted soon,
+    // so expired requests free their space without a full compaction.
+    opts.add_compact_on_deletion_collector_factory(1000, 200, 0.2);
+    // Every file is rewritten at least daily, which runs the filters over old data.
+    opts.set_periodic_compaction_seconds(24 * 3600);
+    let floor = floor.clone();
+    match family {
+        MUTATIONS => opts.set_compaction_filter("flux-retention-untagged-rows", move |_, k, v| {
+            let before = floor.load(Ordering::Relaxed);
+            // Tagged rows go with their request (a pass), never on their own.
+            if before > 0 && mutation_at(k).is_some_and(|at| at < before) && !tagged(v) {
+                Decision::Remove
+            } else {
+                Decision::Keep
+            }
+        }),
+        TX => opts.set_compaction_filter("flux-retention-outcomes", move |_, _, v| {
+            let before = floor.load(Ordering::Relaxed);
+            match postcard::from_bytes::<TxHead>(v) {
+                Ok(TxHead::Tx(_, at)) if before > 0 && at < before => Decision::Remove,
+                _ => Decision::Keep,
+            }
+        }),
+        _ => {}
+    }
+}
+
+/// When a row change happened, from its `mutations` key (`…, at, seq`).
+fn mutation_at(key: &[u8]) -> Option<Nanos> {
+    let at = key.len().checked_sub(16)?;
+    keys::take_u64(key.get(at..)?).map(|(at, _)| at)
+}
+
+/// The leading fields of a stored `Record::Mutation`, borrowed (images are not copied).
+#[derive(Deserialize)]
+#[allow(dead_code)] // fields are read only to reach `request`
+enum MutationHead<'a> {
+    Mutation {
+        table: &'a str,
+        key: Option<Vec<&'a str>>,
+        at: u64,
+        op: u32,
+        before: Option<&'a str>,
+        after: Option<&'a str>,
+        request: Option<&'a str>,
+    },
+}
+
+/// Whether a stored row change names a request (undecodable: keep it, as tagged).
+fn tagged(value: &[u8]) -> bool {
+    match postcard::take_from_bytes::<MutationHead>(value) {
+        Ok((MutationHead::Mutation { request, .. }, _)) => request.is_some(),
+        Err(_) => true,
+    }
+}
+
+/// The leading fields of a stored `Record::Tx` (variant 1: `Mutation` is 0).
+#[derive(Deserialize)]
+#[allow(dead_code)] // the transaction id is read only to reach `at`
+enum TxHead {
+    Mutation,
+    Tx((u64, u64, u64), u64),
+}
+
+/// What a pass removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Expired {
+    /// Requests removed, each with everything keyed by it.
+    pub requests: u64,
+    /// Their row changes.
+    pub rows: u64,
+    /// The cutoff applied (ns since the epoch): records before it are gone or filtered.
+    pub before: Nanos,
+}
+
+/// How long and how much to keep.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Drop requests that started longer ago than this.
+    pub max_age: Option<Duration>,
+    /// Drop the oldest requests while the tables hold more bytes than this.
+    pub max_size: Option<u64>,
+}
+
+impl Store {
+    /// Removes every request that started before `before` with all its records, lets
+    /// compaction drop untagged rows and outcomes older than `before`, and removes older
+    /// gaps. Safe while the writer runs.
+    pub fn expire_before(&self, before: Nanos) -> Result<Expired, StoreError> {
+        let mut expired = Expired {
+            before,
+            ..Expired::default()
+        };
+        loop {
+            let chunk = self.oldest_requests(before, CHUNK)?;
+            if chunk.is_empty() {
+                break;
+            }
+            let mut batch = WriteBatch::default();
+            for (time_key, request) in &chunk {
+                expired.rows += self.delete_request(&mut batch, time_key, request)?;
+            }
+            expired.requests += chunk.len() as u64;
+            let _serial = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.db.write(batch).map_err(|e| self.rocks(e))?;
+        }
+        let mut end = Vec::with_capacity(8);
+        keys::put_u64(&mut end, before);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(self.cf(GAPS), [0u8; 0].as_slice(), end.as_slice());
+        self.db.write(batch).map_err(|e| self.rocks(e))?;
+        self.floor.fetch_max(before, Ordering::Relaxed);
+        // The time-ordered ranges just emptied are cheap to compact now; the rest frees as
+        // RocksDB compacts the files the tombstones landed in.
+        for family in [REQUESTS_BY_TIME, GAPS] {
+            self.db
+                .compact_range_cf(self.cf(family), None::<&[u8]>, Some(end.as_slice()));
+        }
+        Ok(expired)
+    }
+
+    /// Up to `n` requests that started before `before`, oldest first: (time key, id).
+    fn oldest_requests(&self, before: Nanos, n: usize) -> Result<Vec<Indexed>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self
+            .db
+            .iterator_cf(self.cf(REQUESTS_BY_TIME), IteratorMode::Start)
+        {
+            let (k, _) = entry.map_err(|e| self.rocks(e))?;
+            let Some((at, rest)) = keys::take_u64(&k) else {
+                continue;
+            };
+            if at >= before || out.len() >= n {
+                break;
+            }
+            let Some((request, _)) = keys::take_str(rest) else {
+                continue;
+            };
+            out.push((k.to_vec(), request));
+        }
+        Ok(out)
+    }
+
+    /// Adds the deletes of one request's records to `batch`; how many row changes.
+    fn delete_request(
+        &self,
+        batch: &mut WriteBatch,
+        time_key: &[u8],
+        request: &[u8],
+    ) -> Result<u64, StoreError> {
+        let mut prefix = Vec::with_capacity(request.len() + 2);
+        keys::put_str(&mut prefix, request);
+        let Some(end) = keys::prefix_end(&prefix) else {
+            return Ok(0);
+        };
+        let mut rows = 0;
+        for entry in self.scan(MUTATIONS_BY_REQUEST, &prefix, &prefix) {
+            let (_, pointer) = entry?;
+            batch.delete_cf(self.cf(MUTATIONS), pointer);
+            rows += 1;
+        }
+        for family in [SPANS, STATEMENTS, MUTATIONS_BY_REQUEST] {
+            batch.delete_range_cf(self.cf(family), prefix.as_slice(), end.as_slice());
+        }
+        batch.delete_cf(self.cf(REQUESTS), &prefix);
+        batch.delete_cf(self.cf(EXCHANGES), request);
+        batch.delete_cf(self.cf(REQUESTS_BY_TIME), time_key);
+        Ok(rows)
+    }
+
+    /// Bytes of the store's tables (SST files) and memtables.
+    pub fn table_bytes(&self) -> u64 {
+        FAMILIES
+            .iter()
+            .map(|f| {
+                self.int_property(f, "rocksdb.total-sst-files-size")
+                    + self.int_property(f, "rocksdb.cur-size-all-mem-tables")
+            })
+            .sum()
+    }
+
+    fn int_property(&self, family: &str, name: &str) -> u64 {
+        self.db
+            .property_int_value_cf(self.cf(family), name)
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
+    /// Compacts every family: tombstones and filtered records stop taking space.
+    pub fn compact(&self) {
+        for family in FAMILIES {
+            self.db
+                .compact_range_cf(self.cf(family), None::<&[u8]>, None::<&[u8]>);
+        }
+    }
+
+    /// One retention pass at `now`: the age cutoff, then, while the tables exceed the size
+    /// limit, the oldest requests in proportion to the excess (compacting to measure).
+    pub fn apply(&self, policy: &Policy, now: SystemTime) -> Result<Expired, StoreError> {
+        let now = crate::nanos(now);
+        let mut total = Expired::default();
+        if let Some(age) = policy.max_age {
+            let before = now.saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX));
+            total = self.expire_before(before)?;
+        }
+        let Some(limit) = policy.max_size else {
+            return Ok(total);
+        };
+        // Each round drops a share of what is left; a few rounds reach any limit.
+        for _ in 0..8 {
+            let size = self.table_bytes();
+            if size <= limit {
+                break;
+            }
+            let requests = self.int_property(REQUESTS_BY_TIME, "rocksdb.estimate-num-keys");
+            // Aim 10% under the limit so the next pass has room.
+            let target = limit - limit / 10;
+            let share = (size - target) as f64 / size as f64;
+            let drop = ((requests as f64 * share).ceil() as usize).max(1);
+            let Some(before) = self.start_after(drop)? else {
+                break;
+            };
+            let e = self.expire_before(before)?;
+            total.requests += e.requests;
+            total.rows += e.rows;
+            total.before = total.before.max(e.before);
+            self.compact();
+            if e.requests == 0 {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// The start time just after the `n`th oldest request's (the cutoff that expires `n`
+    /// requests), or `None` without requests.
+    fn start_after(&self, n: usize) -> Result<Option<Nanos>, StoreError> {
+        let mut last = None;
+        for entry in self
+            .db
+            .iterator_cf(self.cf(REQUESTS_BY_TIME), IteratorMode::Start)
+            .take(n)
+        {
+            let (k, _) = entry.map_err(|e| self.rocks(e))?;
+            last = keys::take_u64(&k).map(|(at, _)| at).or(last);
+        }
+        Ok(last.map(|at| at + 1))
+    }
+}
+
+/// Runs `policy` every `every` on a thread of its own until `stop` is dropped or sent.
+pub fn spawn(
+    store: Arc<Store>,
+    policy: Policy,
+    every: Duration,
+    stop: std::sync::mpsc::Receiver<()>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("flux-retention".into())
+        .spawn(move || loop {
+            match store.apply(&policy, SystemTime::now()) {
+                Ok(e) if e.requests > 0 => tracing::info!(
+                    requests = e.requests,
+                    rows = e.rows,
+                    "retention removed the oldest requests"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::error!("retention pass failed: {e}"),
+            }
+            match stop.recv_timeout(every) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Mutation, Op, Record, TxEvent, TxId, TxRecord};
+
+    fn mutation(request: Option<&str>) -> Record {
+        Record::Mutation(Mutation {
+            table: "public.users".into(),
+            key: Some(vec!["1".into()]),
+            at: 42,
+            op: Op::Update,
+            before: Some("{\"id\":1}".into()),
+            after: Some("{\"id\":1}".into()),
+            request: request.map(Into::into),
+            tx: TxId {
+                boot: 1,
+                session: 2,
+                n: 3,
+            },
+            tx_index: 0,
+        })
+    }
+
+    #[test]
+    fn the_filters_read_the_fields_they_need_from_stored_records() {
+        let tagged_row = postcard::to_stdvec(&mutation(Some("req"))).unwrap();
+        let untagged_row = postcard::to_stdvec(&mutation(None)).unwrap();
+        assert!(tagged(&tagged_row));
+        assert!(!tagged(&untagged_row));
+        assert!(tagged(b"\xff garbage"), "undecodable records are kept");
+        let tx = postcard::to_stdvec(&Record::Tx(TxRecord {
+            tx: TxId {
+                boot: 1,
+                session: 2,
+                n: 3,
+            },
+            at: 77,
+            event: TxEvent::Committed,
+        }))
+        .unwrap();
+        assert!(matches!(
+            postcard::from_bytes::<TxHead>(&tx),
+            Ok(TxHead::Tx((1, 2, 3), 77))
+        ));
+        let mut key = vec![9, 9];
+        keys::put_u64(&mut key, 1234);
+        keys::put_u64(&mut key, 5);
+        assert_eq!(mutation_at(&key), Some(1234));
+        assert_eq!(mutation_at(&[1, 2]), None);
+    }
+}
