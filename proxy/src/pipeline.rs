@@ -50,6 +50,9 @@ pub enum Request {
     /// Marks where the client ended a COPY-in (`CopyDone`/`CopyFail`) before the server
     /// was seen entering COPY mode. Answers nothing.
     CopyEnd,
+    /// A `Close`, `Parse` or `Bind` the proxy sent in place of the client's `Execute`
+    /// (a refused write, [`crate::capture::refuse`]); its acknowledgement is dropped.
+    Injected,
 }
 
 impl Request {
@@ -57,6 +60,7 @@ impl Request {
         matches!(
             self,
             Request::Parse
+                | Request::Injected
                 | Request::Bind
                 | Request::Describe(_)
                 | Request::Execute(_)
@@ -392,6 +396,32 @@ impl Pipeline {
             }
         }
         self.copy_in = true;
+    }
+
+    /// The `Execute` just recorded was replaced by `n` injected messages before it:
+    /// their acknowledgements are expected first. Nothing when the server is skipping
+    /// to `Sync` (it skips them too).
+    pub(crate) fn injected_before_last(&mut self, n: u8) {
+        if self.skip_until_sync || !matches!(self.queue.back(), Some(Request::Execute(_))) {
+            return;
+        }
+        let at = self.queue.len() - 1;
+        for _ in 0..n {
+            self.queue.insert(at, Request::Injected);
+        }
+    }
+
+    /// Whether a backend message acknowledges an injected message (and is not for the
+    /// client); consumes the FIFO entry if so.
+    pub(crate) fn injected_ack(&mut self, msg_tag: u8) -> bool {
+        let ack = matches!(
+            msg_tag,
+            bt::PARSE_COMPLETE | bt::BIND_COMPLETE | bt::CLOSE_COMPLETE
+        ) && matches!(self.front(), Some(Request::Injected));
+        if ack {
+            self.queue.pop_front();
+        }
+        ack
     }
 
     fn drop_leading_markers(&mut self) {

@@ -115,6 +115,8 @@ pub struct StoreSink {
     stalled: std::sync::Arc<AtomicBool>,
     /// `--redact` columns.
     redact: crate::Redactor,
+    /// `--on-store-failure=reject`: writes are refused while the store cannot keep them.
+    reject: bool,
 }
 
 impl StoreSink {
@@ -131,7 +133,15 @@ impl StoreSink {
             databases: Mutex::new(Vec::new()),
             stalled: std::sync::Arc::new(AtomicBool::new(false)),
             redact: crate::Redactor::default(),
+            reject: false,
         }
+    }
+
+    /// Refuses writes while the store cannot keep what they would record
+    /// (`--on-store-failure=reject`), instead of failing open.
+    pub fn rejecting(mut self) -> Self {
+        self.reject = true;
+        self
     }
 
     /// Takes `redact`'s columns out of every image and statement before it is stored.
@@ -390,6 +400,22 @@ impl EventSink for StoreSink {
                 );
             }
         }))
+    }
+
+    fn refusal(&self) -> Option<String> {
+        if !self.reject {
+            return None;
+        }
+        let stats = self.writer.stats();
+        if stats.stopped.load(Ordering::Relaxed) {
+            Some("the store writer has stopped".into())
+        } else if stats.failing.load(Ordering::Relaxed) {
+            Some("the store's writes are failing: disk full or an I/O error".into())
+        } else if self.lagging.load(Ordering::Relaxed) || self.stalled.load(Ordering::Relaxed) {
+            Some("the store is not keeping up".into())
+        } else {
+            None
+        }
     }
 
     fn durable(&self) -> Option<Durable> {

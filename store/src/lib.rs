@@ -37,7 +37,9 @@ pub use model::{
 pub use query::{blame, Blame, ColumnBlame, HistoryEntry};
 pub use retention::{Expired, Policy};
 pub use stats::FamilyStats;
-pub use writer::{Durability, WriteRejected, Writer, WriterConfig, WriterHandle, WriterStats};
+pub use writer::{
+    Durability, StoreSlot, WriteRejected, Writer, WriterConfig, WriterHandle, WriterStats,
+};
 
 /// Nanoseconds since the Unix epoch (0 before it).
 pub fn nanos(t: std::time::SystemTime) -> Nanos {

@@ -294,8 +294,9 @@ impl Store {
 }
 
 /// Runs `policy` every `every` on a thread of its own until `stop` is dropped or sent.
+/// The store is taken from the writer's slot for each pass (the writer may reopen it).
 pub fn spawn(
-    store: Arc<Store>,
+    slot: crate::StoreSlot,
     policy: Policy,
     every: Duration,
     stop: std::sync::mpsc::Receiver<()>,
@@ -303,14 +304,17 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("flux-retention".into())
         .spawn(move || loop {
-            match store.apply(&policy, SystemTime::now()) {
-                Ok(e) if e.requests > 0 => tracing::info!(
+            let pass = slot
+                .get()
+                .map(|store| store.apply(&policy, SystemTime::now()));
+            match pass {
+                Some(Ok(e)) if e.requests > 0 => tracing::info!(
                     requests = e.requests,
                     rows = e.rows,
                     "retention removed the oldest requests"
                 ),
-                Ok(_) => {}
-                Err(e) => tracing::error!("retention pass failed: {e}"),
+                Some(Err(e)) => tracing::error!("retention pass failed: {e}"),
+                _ => {}
             }
             match stop.recv_timeout(every) {
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}

@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -111,10 +111,48 @@ pub struct WriterStats {
     pub stopped: AtomicBool,
 }
 
+/// The store a writer writes to. After a failed write (a full disk) RocksDB refuses
+/// every later write until the database is reopened, so the writer reopens it once
+/// nobody else holds it; others take it from here for each use instead of keeping it.
+#[derive(Clone)]
+pub struct StoreSlot(Arc<(std::path::PathBuf, Mutex<Option<Arc<Store>>>)>);
+
+impl StoreSlot {
+    fn new(store: Arc<Store>) -> Self {
+        StoreSlot(Arc::new((
+            store.path().to_path_buf(),
+            Mutex::new(Some(store)),
+        )))
+    }
+
+    /// The store, unless the writer is reopening it.
+    pub fn get(&self) -> Option<Arc<Store>> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<Store>>> {
+        self.0 .1.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Closes and reopens the store when only the slot holds it (or opens it when an
+    /// earlier reopen failed); whether it did.
+    fn reopen(&self) -> Result<bool, StoreError> {
+        let mut slot = self.lock();
+        if slot.as_ref().is_some_and(|s| Arc::strong_count(s) > 1) {
+            return Ok(false);
+        }
+        // RocksDB allows one open instance per directory: close before opening.
+        *slot = None;
+        *slot = Some(Arc::new(Store::open(&self.0 .0)?));
+        Ok(true)
+    }
+}
+
 /// Sends records to the writer thread. Cheap to clone.
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: SyncSender<Message>,
+    slot: StoreSlot,
     stats: Arc<WriterStats>,
     /// Woken after every batch written.
     drained: Arc<tokio::sync::Notify>,
@@ -133,15 +171,17 @@ impl Writer {
         let (tx, rx) = sync_channel(config.capacity.max(1));
         let stats = Arc::new(WriterStats::default());
         let drained = Arc::new(tokio::sync::Notify::new());
+        let slot = StoreSlot::new(store);
         let handle = WriterHandle {
             tx,
+            slot: slot.clone(),
             stats: stats.clone(),
             drained: drained.clone(),
             max_queued_bytes: config.max_queued_bytes,
         };
         let thread = std::thread::Builder::new()
             .name("flux-store-writer".into())
-            .spawn(move || run(store, config, rx, stats, drained))
+            .spawn(move || run(slot, config, rx, stats, drained))
             .ok();
         Writer { handle, thread }
     }
@@ -161,6 +201,9 @@ impl Writer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        // Handles may outlive the writer; the store is closed with it (unless someone
+        // else still holds it).
+        *self.handle.slot.lock() = None;
     }
 }
 
@@ -242,10 +285,15 @@ impl WriterHandle {
     pub fn stats(&self) -> &Arc<WriterStats> {
         &self.stats
     }
+
+    /// The store, for others that write or compact it (retention): take it for each use.
+    pub fn slot(&self) -> StoreSlot {
+        self.slot.clone()
+    }
 }
 
 fn run(
-    store: Arc<Store>,
+    slot: StoreSlot,
     config: WriterConfig,
     rx: Receiver<Message>,
     stats: Arc<WriterStats>,
@@ -255,12 +303,18 @@ fn run(
     let mut unsynced = false;
     let mut stopping = false;
     let mut since_trim = 0u64;
+    let mut failure = Failure::default();
     while !stopping {
+        if failure.since.is_some() {
+            failure.recover(&slot, &stats);
+        }
         let first = match rx.recv_timeout(config.sync_interval) {
             Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => {
                 if unsynced {
-                    sync(&store, &stats, &mut unsynced, &mut last_sync);
+                    if let Some(store) = slot.get() {
+                        sync(&store, &stats, &mut unsynced, &mut last_sync);
+                    }
                 }
                 continue;
             }
@@ -290,20 +344,25 @@ fn run(
             || (config.durability == Durability::Strict && !acks.is_empty())
             || last_sync.elapsed() >= config.sync_interval;
         let began = Instant::now();
-        let result = if records.is_empty() {
+        let result = match slot.get() {
+            None => Err(StoreError::WriterGone),
             // A bare durability barrier: what earlier batches left unsynced must be synced.
-            if sync_now && unsynced {
-                store.sync()
-            } else {
-                Ok(())
+            Some(store) if records.is_empty() => {
+                if sync_now && unsynced {
+                    store.sync()
+                } else {
+                    Ok(())
+                }
             }
-        } else {
-            store.write(&records, sync_now)
+            Some(store) => store.write(&records, sync_now),
         };
         let took = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
         stats.batch_nanos.fetch_add(took, Ordering::Relaxed);
         stats.batch_nanos_max.fetch_max(took, Ordering::Relaxed);
-        stats.failing.store(result.is_err(), Ordering::Relaxed);
+        match &result {
+            Err(_) => failure.lost(records.len() as u64, &stats),
+            Ok(()) => failure.ended(&slot, &stats),
+        }
         match &result {
             Ok(()) => {
                 stats
@@ -336,10 +395,83 @@ fn run(
             let _ = ack.send(result.clone());
         }
     }
-    if unsynced {
+    if let (true, Some(store)) = (unsynced, slot.get()) {
         sync(&store, &stats, &mut unsynced, &mut last_sync);
     }
     stats.stopped.store(true, Ordering::Relaxed);
+}
+
+/// A failure of the store in progress: since when, how many records it cost, and when
+/// the writer last tried to get the store back.
+#[derive(Default)]
+struct Failure {
+    since: Option<std::time::SystemTime>,
+    records: u64,
+    tried: Option<Instant>,
+}
+
+/// How often a failed store is probed (and reopened).
+const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Failure {
+    fn lost(&mut self, records: u64, stats: &WriterStats) {
+        if self.since.is_none() {
+            self.since = Some(std::time::SystemTime::now());
+            self.tried = Some(Instant::now());
+        }
+        self.records += records;
+        stats.failing.store(true, Ordering::Relaxed);
+    }
+
+    /// Probes a failed store with a small synced write; when RocksDB still refuses
+    /// (it does after a failed WAL write), reopens it.
+    fn recover(&mut self, slot: &StoreSlot, stats: &WriterStats) {
+        if self.tried.is_some_and(|t| t.elapsed() < RECOVERY_INTERVAL) {
+            return;
+        }
+        self.tried = Some(Instant::now());
+        let probe = |slot: &StoreSlot| slot.get().map(|s| s.write(&[], true));
+        if let Some(Ok(())) = probe(slot) {
+            self.ended(slot, stats);
+            return;
+        }
+        match slot.reopen() {
+            Ok(true) => {
+                tracing::info!("store reopened after a failure");
+                if let Some(Ok(())) = probe(slot) {
+                    self.ended(slot, stats);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!("store still failing: {e}"),
+        }
+    }
+
+    /// The store writes again: records what the failure cost as a gap.
+    fn ended(&mut self, slot: &StoreSlot, stats: &WriterStats) {
+        let Some(since) = self.since.take() else {
+            return;
+        };
+        stats.failing.store(false, Ordering::Relaxed);
+        let lost = std::mem::take(&mut self.records);
+        tracing::warn!("the store writes again; {lost} records were lost while it failed");
+        if lost == 0 {
+            return;
+        }
+        let gap = Record::Gap(crate::model::Gap {
+            at: crate::nanos(since),
+            until: crate::nanos(std::time::SystemTime::now()),
+            table: None,
+            count: lost,
+            reason: "the store failed (disk full or I/O error); these records were not kept".into(),
+            request: None,
+        });
+        if let Some(store) = slot.get() {
+            if let Err(e) = store.write(&[gap], false) {
+                tracing::error!("recording the failure's gap: {e}");
+            }
+        }
+    }
 }
 
 /// Bytes written between returns of freed memory to the system.

@@ -122,6 +122,17 @@ pub struct ProxyArgs {
     #[arg(long, env = "FLUX_ADMIN", value_name = "ADDR", value_parser = parse_admin_addr)]
     admin: Option<SocketAddr>,
 
+    /// When the store cannot keep what capture records (disk full, I/O errors, lagging):
+    /// open keeps serving and records a gap (the default); reject refuses writes with
+    /// SQLSTATE 53000 until the store recovers, for a record that must be complete.
+    #[arg(
+        long,
+        env = "FLUX_ON_STORE_FAILURE",
+        value_enum,
+        default_value = "open"
+    )]
+    on_store_failure: OnStoreFailure,
+
     /// Remove requests (with all their records) that started longer ago than this, e.g.
     /// 7d or 12h; records of no request go by their own time. Checked at start and then
     /// every twentieth of it (at most every 10 minutes).
@@ -153,6 +164,13 @@ fn parse_admin_addr(s: &str) -> Result<SocketAddr, String> {
 pub enum Switch {
     On,
     Off,
+}
+
+/// `--on-store-failure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnStoreFailure {
+    Open,
+    Reject,
 }
 
 /// `--durability`.
@@ -188,6 +206,11 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
             "redacting columns before they are stored"
         );
     }
+    if args.on_store_failure == OnStoreFailure::Reject
+        && (args.capture == Some(Switch::Off) || args.data_dir.is_none())
+    {
+        anyhow::bail!("--on-store-failure=reject needs capture on (a --data-dir)");
+    }
     let capture = match (args.capture, &args.data_dir) {
         (Some(Switch::Off), _) => None,
         (Some(Switch::On), None) => {
@@ -219,7 +242,13 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
                     dir.display()
                 )
             })?;
-            let store = Arc::new(store);
+            let w = Writer::start(
+                Arc::new(store),
+                WriterConfig {
+                    durability,
+                    ..WriterConfig::default()
+                },
+            );
             if args.retain.is_some() || args.retain_size.is_some() {
                 let policy = flux_store::Policy {
                     max_age: args.retain,
@@ -227,7 +256,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 };
                 let (tx, rx) = std::sync::mpsc::channel();
                 let every = retention_interval(args.retain);
-                let thread = flux_store::retention::spawn(store.clone(), policy, every, rx)
+                let thread = flux_store::retention::spawn(w.handle().slot(), policy, every, rx)
                     .context("starting the retention thread")?;
                 tracing::info!(
                     retain = ?args.retain,
@@ -237,18 +266,14 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 );
                 retention = Some((tx, thread));
             }
-            let w = Writer::start(
-                store,
-                WriterConfig {
-                    durability,
-                    ..WriterConfig::default()
-                },
-            );
-            let sink = Arc::new(
-                StoreSink::new(w.handle(), durability)
-                    .with_upstream(config.upstream.addr())
-                    .with_redaction(redact.clone()),
-            );
+            let mut store_sink = StoreSink::new(w.handle(), durability)
+                .with_upstream(config.upstream.addr())
+                .with_redaction(redact.clone());
+            if args.on_store_failure == OnStoreFailure::Reject {
+                tracing::info!("writes are refused while the store cannot keep them (--on-store-failure=reject)");
+                store_sink = store_sink.rejecting();
+            }
+            let sink = Arc::new(store_sink);
             sources.capture = Some(sink.stats.clone());
             sources.writer = Some(w.handle().stats().clone());
             sources.store_dir = Some(dir.clone());

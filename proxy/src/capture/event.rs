@@ -175,6 +175,12 @@ pub trait EventSink: Send + Sync + 'static {
     fn backpressure(&self) -> Option<Durable> {
         None
     }
+
+    /// With `--on-store-failure=reject`: why writes must be refused now (what they
+    /// would record cannot be kept), else `None` (the default: fail open).
+    fn refusal(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Why capture left a write alone (or imaged it only in part). The store keeps the

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use super::catalog::{self, Catalog, Snapshot};
 use super::event::{CaptureEvent, EventSink, SessionId, TxOutcome};
 use super::plan::{self, StepPlan};
+use super::refuse;
 use super::rewrite::{self, Analysis, Kind, RoleChange};
 use super::role::{self, RoleState};
 use super::txn::Tracker;
@@ -52,6 +53,8 @@ pub(crate) fn start(
         unsettled: false,
         prepared: HashMap::new(),
         snapshot: None,
+        sink: sink.clone(),
+        refused_execute: false,
     };
     let reader = Reader {
         id,
@@ -100,6 +103,10 @@ pub(crate) struct Planner {
     prepared: HashMap<String, Option<String>>,
     /// The snapshot [`ClientSide::prepare`] read for the chunk being planned.
     snapshot: Option<Arc<Snapshot>>,
+    /// Asked whether writes must be refused (`--on-store-failure=reject`).
+    sink: Arc<dyn EventSink>,
+    /// The frame just planned was an `Execute` replaced by a refusal.
+    refused_execute: bool,
 }
 
 /// A plan made against one catalog snapshot as one role; reused while both hold.
@@ -235,6 +242,9 @@ impl ClientSide for Planner {
             req
         });
         self.snapshot = snapshot;
+        if std::mem::take(&mut self.refused_execute) {
+            relay.pipeline.injected_before_last(refuse::ACKS);
+        }
         replacement
     }
 }
@@ -266,6 +276,9 @@ impl ServerSide for Reader {
         frame: &[u8],
         relay: &mut Relay<SessionCapture>,
     ) -> Option<Option<Bytes>> {
+        if relay.pipeline.injected_ack(t) {
+            return Some(None);
+        }
         let mut replacement = None;
         if t == bt::ROW_DESCRIPTION || t == bt::DATA_ROW {
             replacement = strip_capture(
@@ -442,6 +455,19 @@ fn bind_request_params(prepared: &mut Prepared, bind: &[u8]) {
     prepared.steps = Some(bound.into());
 }
 
+/// Why a statement with these steps must be refused: it writes, and the sink cannot keep
+/// what it would record (`--on-store-failure=reject`).
+fn refusal(p: &Planner, steps: Option<&[StepPlan]>) -> Option<String> {
+    let writes = steps?
+        .iter()
+        .any(|s| matches!(s.kind, Kind::Write(_)) || s.capture.is_some() || s.gap.is_some());
+    if writes {
+        p.sink.refusal()
+    } else {
+        None
+    }
+}
+
 /// The SQL text of a `Query` or `Parse` frame, borrowed.
 fn sql_of(t: u8, frame: &[u8]) -> Option<&[u8]> {
     match t {
@@ -469,10 +495,13 @@ fn plan_frontend(
                 Some(sql) => p.plan(sql, snapshot, roles),
                 None => (None, None),
             };
+            let replacement = match refusal(p, steps.as_deref()) {
+                Some(why) => Some(refuse::query(&why)),
+                None => rewritten.map(|sql| message::query(&sql)),
+            };
             let mut statement =
                 Statement::new(sql.map(Bytes::copy_from_slice), Some(Started::now()));
             statement.steps = steps;
-            let replacement = rewritten.map(|sql| message::query(&sql));
             (Some(Request::Query(statement)), replacement)
         }
         tag::PARSE => {
@@ -529,11 +558,16 @@ fn plan_frontend(
                 prepared.as_ref().map(|x| x.sql.clone()),
                 Some(Started::now()),
             );
+            let mut replacement = None;
             if let Some(x) = prepared {
+                if let Some(why) = refusal(p, x.steps.as_deref()) {
+                    replacement = Some(refuse::execute(&why));
+                    p.refused_execute = true;
+                }
                 statement.steps = x.steps;
                 statement.binary = x.binary;
             }
-            (Some(Request::Execute(statement)), None)
+            (Some(Request::Execute(statement)), replacement)
         }
         tag::CLOSE => {
             if let Ok((kind, name)) = message::target(frame) {

@@ -7,6 +7,7 @@
 //!   `pg_catalog`.
 //! - [`role`]: the session's effective role, exact and as the planner must assume it.
 //! - [`plan`]: per-statement decisions (rewrite or gap) and reading images back.
+//! - [`refuse`]: refusing writes the store cannot keep (`--on-store-failure=reject`).
 //! - [`txn`]: transactions, savepoints, request ids and roles as the server confirms them.
 //! - [`layer`]: the relay seams ([`crate::relay::ClientSide`],
 //!   [`crate::relay::ServerSide`]) that put the above to work per frame.
@@ -15,6 +16,7 @@ pub mod catalog;
 pub mod event;
 pub(crate) mod layer;
 pub mod plan;
+pub mod refuse;
 pub mod rewrite;
 pub mod role;
 pub mod txn;
