@@ -144,4 +144,5 @@ def checkout():
 
 
 if __name__ == "__main__":
-    app.run(host="127.0.0.1", port=int(os.environ.get("PORT", "8000")), threaded=True)
+    # HOST=0.0.0.0 in a container (docker/compose.yml); loopback otherwise.
+    app.run(host=os.environ.get("HOST", "127.0.0.1"), port=int(os.environ.get("PORT", "8000")), threaded=True)

@@ -54,11 +54,14 @@ impl Store {
                     .flatten()
                     .unwrap_or(0)
             };
+            let records = prop("rocksdb.estimate-num-keys");
+            // An empty family holds no request's records, whatever the requests' times.
+            let range = if records == 0 { (None, None) } else { range };
             out.push(FamilyStats {
                 family: family.to_string(),
                 table_bytes: prop("rocksdb.total-sst-files-size"),
                 memtable_bytes: prop("rocksdb.cur-size-all-mem-tables"),
-                records: prop("rocksdb.estimate-num-keys"),
+                records,
                 oldest: range.0,
                 newest: range.1,
                 time_of,

@@ -85,7 +85,7 @@ fn stats(args: StatsArgs) -> anyhow::Result<()> {
     for f in &families {
         disk += f.table_bytes;
         memory += f.memtable_bytes;
-        out!(
+        let row = format!(
             "{:<22} {:>10} {:>10} {:>10}  {:<19}  {:<19}  {}",
             f.family,
             bytes(f.table_bytes),
@@ -95,6 +95,7 @@ fn stats(args: StatsArgs) -> anyhow::Result<()> {
             time(f.newest),
             if f.oldest.is_some() { f.time_of } else { "" }
         );
+        out!("{}", row.trim_end());
     }
     out!("{:<22} {:>10} {:>10}", "total", bytes(disk), bytes(memory));
     Ok(())
