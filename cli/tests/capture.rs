@@ -720,6 +720,10 @@ async fn a_catalog_login_lets_capture_read_scram_servers() {
         "CREATE TABLE orders (id int PRIMARY KEY, total int);
          CREATE ROLE app LOGIN PASSWORD 'app-pw';
          GRANT SELECT, INSERT ON orders TO app;
+         CREATE ROLE billing LOGIN PASSWORD 'billing-pw';
+         GRANT SELECT, INSERT ON orders TO billing;
+         CREATE ROLE loader LOGIN PASSWORD 'loader-pw';
+         GRANT INSERT ON orders TO loader;
          CREATE ROLE flux_catalog LOGIN PASSWORD 'cat-pw';",
     );
     // Starts flux with its log in a file; returns the child, its port and the log path.
@@ -751,11 +755,11 @@ async fn a_catalog_login_lets_capture_read_scram_servers() {
         }
         (Running { child, port }, log)
     };
-    let write = |port: u16, id: i32| async move {
-        let conn = format!("host=127.0.0.1 port={port} user=app password=app-pw dbname={DB}");
+    let write = |port: u16, id: i32, user: &'static str| async move {
+        let conn = format!("host=127.0.0.1 port={port} user={user} password={user}-pw dbname={DB}");
         let (client, c) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
             .await
-            .expect("connect as app");
+            .expect("connect as an application role");
         tokio::spawn(c);
         client
             .batch_execute(&format!("INSERT INTO orders VALUES ({id}, 10)"))
@@ -770,7 +774,7 @@ async fn a_catalog_login_lets_capture_read_scram_servers() {
     let text = std::fs::read_to_string(&log).expect("log");
     assert!(text.contains("CAPTURE CANNOT READ THE CATALOG"), "{text}");
     assert!(text.contains("--catalog-user"), "{text}");
-    write(p.port, 1).await;
+    write(p.port, 1, "app").await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let h = state_json(&bare, &["history", "orders", "--id", "1"]);
@@ -793,12 +797,30 @@ async fn a_catalog_login_lets_capture_read_scram_servers() {
     );
     let text = std::fs::read_to_string(&log).expect("log");
     assert!(text.contains("capture reads the catalog"), "{text}");
-    write(p.port, 2).await;
+    // Two application roles, both captured; a third that may insert but not read gets
+    // a gap: privileges are still the session role's.
+    write(p.port, 2, "app").await;
+    write(p.port, 3, "billing").await;
+    write(p.port, 4, "loader").await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for id in ["2", "3"] {
+        loop {
+            let h = state_json(&with, &["history", "orders", "--id", id]);
+            if h["mutations"].as_array().is_some_and(|m| m.len() == 1) {
+                assert!(h.to_string().contains("\"total\":10"), "{h}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{h}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     loop {
-        let h = state_json(&with, &["history", "orders", "--id", "2"]);
-        if h["mutations"].as_array().is_some_and(|m| m.len() == 1) {
-            assert!(h.to_string().contains("\"total\":10"), "{h}");
+        let h = state_json(&with, &["history", "orders", "--id", "4"]);
+        if h["gaps"]
+            .as_array()
+            .is_some_and(|g| g.iter().any(|g| g.to_string().contains("loader")))
+        {
+            assert_eq!(h["mutations"].as_array().map(Vec::len), Some(0), "{h}");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{h}");
