@@ -2,11 +2,15 @@
 //!
 //! - [`model`]: the records (mutations with before/after images, transaction events,
 //!   gaps) and how a mutation's outcome is resolved.
+//! - [`cause`]: root causes read as one-liners (HTTP statuses, timeouts, connections, gRPC).
+//! - [`location`]: stack frames of every common language, relative to the app's root.
 //! - [`keys`]: order-preserving key encodings.
 //! - [`db`]: the RocksDB layout, writing batches, reading as a live secondary.
 //! - [`writer`]: the batched writer thread behind a bounded channel, with durability modes.
 //! - [`query`]: row history, a request's changes, per-column blame.
 //! - [`retention`]: dropping the oldest requests whole, by age or size.
+//! - [`skipped`]: spans a failed request never ran that its route's passing requests ran.
+//! - [`steps`]: a request span by span with inputs, outputs and row images (`trace debug`).
 //! - [`stats`]: per-family sizes and time ranges.
 //! - [`trace`]: a request's span tree, its summary, root cause, location, and trace diffs.
 //!
@@ -19,12 +23,16 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod cause;
 pub mod db;
 pub mod keys;
+pub mod location;
 pub mod model;
 pub mod query;
 pub mod retention;
+pub mod skipped;
 pub mod stats;
+pub mod steps;
 pub mod trace;
 pub mod why;
 pub mod writer;

@@ -9,6 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
+use crate::location::Frame;
+pub use crate::location::{app_frame, Location};
 use crate::model::{Nanos, RequestSummary, Span, SpanKind, SpanSource, StatementRecord};
 
 /// One span in a [`Tree`].
@@ -143,7 +145,8 @@ impl Tree {
 
     /// Where in the code the failure at `node` happened: `code.filepath`/`code.lineno` on it
     /// or an ancestor, else the innermost application frame of a recorded exception's stack
-    /// trace (its own, then its ancestors').
+    /// trace (its own, then its ancestors'); relative to the application's root, the
+    /// directory its files share across the whole trace.
     pub fn location(&self, node: usize) -> Option<Location> {
         let mut chain = vec![node];
         let mut at = node;
@@ -154,35 +157,60 @@ impl Tree {
             chain.push(p);
             at = p;
         }
-        for &i in &chain {
+        let found = chain.iter().find_map(|&i| {
             let s = &self.nodes[i].span;
-            let file = s.attr_any(&["code.filepath", "code.file.path"]);
+            let file = s.attr_any(&["code.filepath", "code.file.path"])?;
             let line = s.attr_any(&["code.lineno", "code.line.number"]);
-            if let Some(file) = file {
-                return Some(Location {
-                    file: file.to_string(),
-                    line: line.and_then(|l| l.parse().ok()),
-                    function: s
-                        .attr_any(&["code.function", "code.function.name"])
-                        .map(str::to_string),
-                });
+            Some(Frame {
+                file: file.to_string(),
+                line: line.and_then(|l| l.parse().ok()),
+                function: s
+                    .attr_any(&["code.function", "code.function.name"])
+                    .map(str::to_string),
+                library: false,
+            })
+        });
+        let found = found.or_else(|| {
+            chain.iter().find_map(|&i| {
+                stack_traces(&self.nodes[i].span)
+                    .find_map(|t| crate::location::frames(t).into_iter().find(|f| !f.library))
+            })
+        })?;
+        Some(found.locate(self.app_root().as_deref()))
+    }
+
+    /// The directory the application's own files share, over every stack trace and
+    /// `code.filepath` in the trace.
+    fn app_root(&self) -> Option<String> {
+        let mut files = Vec::new();
+        for n in &self.nodes {
+            if let Some(f) = n.span.attr_any(&["code.filepath", "code.file.path"]) {
+                files.push(f.to_string());
+            }
+            for t in stack_traces(&n.span) {
+                files.extend(
+                    crate::location::frames(t)
+                        .into_iter()
+                        .filter(|f| !f.library)
+                        .map(|f| f.file),
+                );
             }
         }
-        chain.iter().find_map(|&i| {
-            self.nodes[i]
-                .span
-                .events
-                .iter()
-                .filter(|e| e.name == "exception")
-                .find_map(|e| {
-                    let trace = e
-                        .attributes
-                        .iter()
-                        .find(|(k, _)| k == "exception.stacktrace")?;
-                    app_frame(&trace.1)
-                })
-        })
+        crate::location::app_root(files.iter().map(String::as_str))
     }
+}
+
+/// The stack traces of a span's exception events.
+fn stack_traces(span: &Span) -> impl Iterator<Item = &str> {
+    span.events
+        .iter()
+        .filter(|e| e.name == "exception")
+        .filter_map(|e| {
+            e.attributes
+                .iter()
+                .find(|(k, _)| k == "exception.stacktrace")
+                .map(|(_, v)| v.as_str())
+        })
 }
 
 fn reachable(roots: &[usize], children: &[Vec<usize>], n: usize) -> Vec<bool> {
@@ -248,101 +276,6 @@ pub fn failure_message(span: &Span) -> String {
     }
 }
 
-/// A place in the application's code.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Location {
-    /// Source file as the app reported it.
-    pub file: String,
-    /// Line.
-    pub line: Option<u32>,
-    /// Function, when known.
-    pub function: Option<String>,
-}
-
-impl std::fmt::Display for Location {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.file)?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Library code, not the application's: interpreters' and package managers' directories.
-fn is_library_path(path: &str) -> bool {
-    const MARKERS: [&str; 8] = [
-        "site-packages",
-        "dist-packages",
-        "/lib/python",
-        "node_modules",
-        "node:",
-        "<frozen",
-        "<string>",
-        "internal/",
-    ];
-    MARKERS.iter().any(|m| path.contains(m))
-}
-
-/// The innermost application frame of a stack trace. Python tracebacks list the innermost
-/// call last (`File "…", line N, in f`); JavaScript and Java list it first
-/// (`at f (file:line:col)`, `at pkg.C.f(File.java:N)`).
-pub fn app_frame(trace: &str) -> Option<Location> {
-    let mut python = Vec::new();
-    let mut others = Vec::new();
-    for line in trace.lines() {
-        let line = line.trim();
-        if let Some(rest) = line.strip_prefix("File \"") {
-            let Some((file, rest)) = rest.split_once('"') else {
-                continue;
-            };
-            let lineno = rest
-                .trim_start_matches(',')
-                .trim()
-                .strip_prefix("line ")
-                .and_then(|r| r.split(',').next())
-                .and_then(|n| n.trim().parse().ok());
-            let function = rest.split_once(", in ").map(|(_, f)| f.trim().to_string());
-            python.push(Location {
-                file: file.to_string(),
-                line: lineno,
-                function,
-            });
-        } else if let Some(rest) = line.strip_prefix("at ") {
-            // `f (file:line:col)`, `file:line:col`, or Java's `a.b.C.f(File.java:42)`.
-            let (function, place) = match rest.rfind('(') {
-                Some(open) => (
-                    Some(rest[..open].trim().to_string()).filter(|f| !f.is_empty()),
-                    rest[open + 1..].trim_end_matches(')'),
-                ),
-                None => (None, rest),
-            };
-            let mut parts = place.rsplitn(3, ':');
-            let (a, b, c) = (parts.next(), parts.next(), parts.next());
-            let (file, line) = match (a, b, c) {
-                (Some(col), Some(line), Some(file)) if col.parse::<u32>().is_ok() => {
-                    (file, line.parse().ok())
-                }
-                (Some(line), Some(file), None) => (file, line.parse().ok()),
-                _ => continue,
-            };
-            if line.is_none() {
-                continue;
-            }
-            others.push(Location {
-                file: file.to_string(),
-                line,
-                function,
-            });
-        }
-    }
-    python
-        .into_iter()
-        .rev()
-        .chain(others)
-        .find(|l| !is_library_path(&l.file))
-}
-
 /// The request's summary: method, path, status from the root span's HTTP attributes (old
 /// and new semantic-convention names), timing from the root (or all spans when the request
 /// is DB-only), and the root cause's message.
@@ -375,7 +308,7 @@ pub fn summarize(id: &str, tree: &Tree) -> RequestSummary {
     };
     let error = tree
         .root_cause()
-        .map(|i| failure_message(&tree.nodes[i].span))
+        .map(|i| crate::cause::read(tree, i).text)
         .or_else(|| status.filter(|s| *s >= 500).map(|s| format!("HTTP {s}")));
     RequestSummary {
         id: id.to_string(),
@@ -885,7 +818,9 @@ mod tests {
         );
         // The client span has no stack; its parent's exception names the app frame.
         let loc = tree.location(cause).unwrap();
-        assert_eq!(loc.to_string(), "/srv/shop/payments.py:42");
+        // Relative to the directory the app's frames share.
+        assert_eq!(loc.to_string(), "payments.py:42");
+        assert_eq!(loc.path, "/srv/shop/payments.py");
         assert_eq!(loc.function.as_deref(), Some("charge"));
 
         let summary = summarize("t", &tree);
@@ -893,10 +828,8 @@ mod tests {
         assert_eq!(summary.path.as_deref(), Some("/checkout"));
         assert_eq!(summary.status, Some(500));
         assert_eq!(summary.duration, 3_000_000_000);
-        assert_eq!(
-            summary.error.as_deref(),
-            Some("Read timed out. (read timeout=2)")
-        );
+        // `flux tail`'s one-liner: the call and how long it waited.
+        assert_eq!(summary.error.as_deref(), Some("POST timeout after 2s"));
     }
 
     #[test]
@@ -915,7 +848,7 @@ mod tests {
         let js = "Error: timeout\n    at Socket.<anonymous> (node:internal/net:1:2)\n    at charge (/app/node_modules/stripe/lib/x.js:10:5)\n    at createOrder (/app/src/payments/create.js:42:11)\n    at /app/src/server.js:7:3";
         assert_eq!(
             app_frame(js).map(|l| l.to_string()).as_deref(),
-            Some("/app/src/payments/create.js:42")
+            Some("payments/create.js:42")
         );
         let java = "java.net.SocketTimeoutException: Read timed out\n\tat java.base/java.net.SocketInputStream.read(SocketInputStream.java:1)\n\tat com.shop.Payments.charge(Payments.java:42)";
         // Java's own frames carry no library marker; the first frame with a line wins.

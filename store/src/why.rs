@@ -5,16 +5,26 @@
 
 use serde::Serialize;
 
+use crate::cause::Shape;
 use crate::db::{Store, StoreError};
 use crate::model::{Nanos, RequestSummary, SpanSource, StatementRecord};
 use crate::query::HistoryEntry;
-use crate::trace::{failure_message, Location, Tree};
+use crate::trace::{Location, Tree};
 
 /// The failure a request's trouble started with.
 #[derive(Debug, Clone, Serialize)]
 pub struct Cause {
-    /// One line: the exception's type and message, or the statement's error.
+    /// One line a person reads at a glance ([`crate::cause`]): `POST host/path → 403
+    /// Forbidden`, `… timeout after 1s`, the statement's error.
     pub message: String,
+    /// What was recorded: the exception's type and message, or the status description.
+    pub raw: String,
+    /// The failure's shape (`client_error`, `timeout`, `database`, …).
+    pub shape: Shape,
+    /// Who was called, when a call failed.
+    pub peer: Option<String>,
+    /// The HTTP status of a failed call.
+    pub status: Option<u16>,
     /// The span it happened in.
     pub span: String,
     /// When the span started.
@@ -62,6 +72,10 @@ impl Store {
             Some(i) => Some(span_cause(&tree, i)),
             None => failed.as_ref().map(|f| Cause {
                 message: f.error.clone().unwrap_or_else(|| "error".into()),
+                raw: f.error.clone().unwrap_or_else(|| "error".into()),
+                shape: Shape::Database,
+                peer: None,
+                status: None,
                 span: crate::trace::statement_span_name(&f.sql),
                 at: f.at,
                 sqlstate: f.sqlstate.clone(),
@@ -69,8 +83,8 @@ impl Store {
             }),
         };
         let suggestion = cause.as_ref().and_then(|c| match &c.sqlstate {
-            Some(code) => suggestion(code, &c.message),
-            None => app_suggestion(&c.message),
+            Some(code) => suggestion(code, &c.raw),
+            None => shape_suggestion(c.shape, c.status).or_else(|| app_suggestion(&c.raw)),
         });
         Ok(Why {
             request: request.to_string(),
@@ -90,8 +104,13 @@ fn span_cause(tree: &Tree, i: usize) -> Cause {
     let span = &tree.nodes[i].span;
     let proxy = span.source == SpanSource::Proxy;
     let sqlstate = span.attr("db.sqlstate").map(str::to_string);
+    let reading = crate::cause::read(tree, i);
     Cause {
-        message: failure_message(span),
+        message: reading.text,
+        raw: reading.raw,
+        shape: reading.shape,
+        peer: reading.peer,
+        status: reading.status,
         span: span.name.clone(),
         at: span.start,
         sqlstate: sqlstate.filter(|_| proxy),
@@ -100,6 +119,23 @@ fn span_cause(tree: &Tree, i: usize) -> Cause {
             .filter(|_| proxy)
             .map(str::to_string),
     }
+}
+
+/// Advice for a failed call, by its shape ([`crate::cause`]) and status. `None` when the
+/// shape says nothing a person could act on.
+pub fn shape_suggestion(shape: Shape, status: Option<u16>) -> Option<&'static str> {
+    Some(match (shape, status) {
+        (Shape::ClientError, Some(401 | 403)) => "the service refused the call's credentials or permissions (401/403): check the token or key the app sends and what it may do; retrying will not help",
+        (Shape::ClientError, Some(404)) => "the service has no such resource (404): check the URL and the id the app sends",
+        (Shape::ClientError, Some(409)) => "the service reports a conflict (409): the resource changed or already exists; re-read it, or make the call idempotent",
+        (Shape::ClientError, Some(422 | 400)) => "the service rejected the request's content (400/422): compare what the app sent with what the service expects",
+        (Shape::ClientError, Some(429)) => "the service is rate limiting the app (429): back off and retry after the time it asks for (Retry-After), or spread the calls",
+        (Shape::ClientError, _) => "the service refused the call (4xx): the request itself is wrong for it; retrying unchanged will not help",
+        (Shape::ServerError, _) => "the service failed (5xx): retry with backoff (idempotently) and check its health; degrade gracefully when it stays down",
+        (Shape::Dns, _) => "the service's host name did not resolve: check the URL the app is configured with, and DNS from where it runs",
+        (Shape::ConnectionRefused, _) => "nothing accepted the connection: check that the service is up, listening on that port, and reachable from the app",
+        _ => return None,
+    })
 }
 
 /// Advice for an application error (exception type and message), by class: timeouts and
