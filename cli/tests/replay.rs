@@ -185,7 +185,7 @@ async fn an_incident_replays_still_failing_then_resolved_after_the_fix() {
         "{failing:#}"
     );
     let cause = failing["verdict"]["cause"].as_str().unwrap_or("");
-    assert!(cause.contains("timed out"), "{cause}");
+    assert!(cause.ends_with("/charge timeout after 1s"), "{cause}");
     // The stub held the recorded timeout: the shop gave up after its own 1 s.
     let ms = failing["duration_ms"].as_u64().unwrap_or(0);
     assert!((1000..5000).contains(&ms), "{ms} ms");

@@ -77,7 +77,7 @@ async fn failing_checkout_story_with_the_real_sdk() {
     assert!(
         failed["error"]
             .as_str()
-            .is_some_and(|e| e.contains("timed out")),
+            .is_some_and(|e| e.contains("/charge timeout after 1s")),
         "{failed:#}"
     );
     let failed_id = failed["request"].as_str().expect("id").to_string();
@@ -139,10 +139,22 @@ async fn failing_checkout_story_with_the_real_sdk() {
 
     // flux why: the payment timeout, the app frame that called it, both writes rolled back.
     let why = flux_json(data.path(), &["why", &failed_id[..8]]);
+    // Read at a glance (the call, its peer, how long), the raw text beside it, and the
+    // line relative to the app's root.
     let cause = why["root_cause"]["message"].as_str().unwrap_or("");
-    assert!(cause.contains("timed out"), "{why:#}");
-    let file = why["location"]["file"].as_str().unwrap_or("");
-    assert!(file.ends_with("examples/shop/app.py"), "{why:#}");
+    assert!(
+        cause.starts_with("POST 127.0.0.1:") && cause.ends_with("/charge timeout after 1s"),
+        "{why:#}"
+    );
+    assert_eq!(why["root_cause"]["shape"], "timeout");
+    let raw = why["root_cause"]["raw"].as_str().unwrap_or("");
+    assert!(
+        raw.contains("ReadTimeout") && raw.contains("timed out"),
+        "{why:#}"
+    );
+    assert_eq!(why["location"]["file"], "app.py", "{why:#}");
+    let path = why["location"]["path"].as_str().unwrap_or("");
+    assert!(path.ends_with("examples/shop/app.py"), "{why:#}");
     assert_eq!(why["location"]["function"], "charge", "{why:#}");
     let changes = why["data_changes"].as_array().expect("changes");
     let tables: Vec<(&str, &str, &str)> = changes

@@ -1,6 +1,7 @@
 //! One module per `flux` subcommand.
 
 pub mod bug;
+pub mod debug;
 pub mod incident;
 pub mod ingest;
 pub mod proxy;

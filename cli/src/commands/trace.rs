@@ -39,6 +39,15 @@ pub enum TraceCommand {
         #[command(flatten)]
         common: Common,
     },
+    /// Step through a request span by span in the terminal: each span's input, output and
+    /// time, its attributes, and the rows its statements changed (↓ next, ↑ prev, e
+    /// expand, q quit).
+    Debug {
+        /// The request id (or a unique prefix; `RUN:ID` for a replay's).
+        request: String,
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 /// Where the record is and how to print.
@@ -73,6 +82,10 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
         (Some(TraceCommand::Diff { a, b, common }), _) => {
             let (dir, format) = common.resolve(&args.common)?;
             run_diff(&dir, a, b, format)
+        }
+        (Some(TraceCommand::Debug { request, common }), _) => {
+            let (dir, _) = common.resolve(&args.common)?;
+            super::debug::run(&dir, request)
         }
         (None, Some(request)) => {
             let (dir, format) = args.common.resolve(&args.common)?;
@@ -127,15 +140,6 @@ pub(crate) fn tree_prefixes(depths: &[usize]) -> Vec<String> {
         .collect()
 }
 
-fn prefixes(tree: &Tree) -> Vec<(usize, String)> {
-    let walk = tree.walk();
-    let depths: Vec<usize> = walk.iter().map(|&(_, d)| d).collect();
-    walk.into_iter()
-        .map(|(i, _)| i)
-        .zip(tree_prefixes(&depths))
-        .collect()
-}
-
 fn span_json(tree: &Tree, i: usize, depth: usize) -> Value {
     let s = &tree.nodes[i].span;
     json!({
@@ -151,6 +155,11 @@ fn span_json(tree: &Tree, i: usize, depth: usize) -> Value {
         "error": is_failed(s).then(|| failure_message(s)),
         "service": s.service,
         "attributes": s.attributes.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
+        "events": s.events.iter().map(|e| json!({
+            "name": e.name,
+            "at_ns": e.at,
+            "attributes": e.attributes.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -164,11 +173,19 @@ fn load(dir: &Path, given: &str) -> anyhow::Result<(Store, String, Tree)> {
 fn run_trace(dir: &Path, given: &str, format: Format) -> anyhow::Result<()> {
     let (store, id, tree) = load(dir, given)?;
     let store = &store;
+    // Spans the route's passing requests run after the point where this one failed.
+    let skipped = store.skipped(&id, &tree)?;
     if format == Format::Json {
         let out = json!({
             "request": id,
             "summary": store.request(&id)?,
             "spans": tree.walk().into_iter().map(|(i, d)| span_json(&tree, i, d)).collect::<Vec<_>>(),
+            "skipped": skipped.iter().map(|s| json!({
+                "name": s.name,
+                "path": s.path,
+                "parent": tree.nodes[s.parent].span.id,
+                "seen_in": s.seen_in,
+            })).collect::<Vec<_>>(),
         });
         out!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -179,20 +196,38 @@ fn run_trace(dir: &Path, given: &str, format: Format) -> anyhow::Result<()> {
         out!();
         return Ok(());
     }
-    let rows = prefixes(&tree);
-    let label = |i: usize, p: &str| format!("{p}{}", tree.nodes[i].span.name);
+    let rows = rows_with_skipped(&tree, &skipped);
+    let depths: Vec<usize> = rows.iter().map(|&(_, d)| d).collect();
+    let prefixes = tree_prefixes(&depths);
+    let name = |row: &Row| match row {
+        Row::Span(i) => tree.nodes[*i].span.name.as_str(),
+        Row::Skipped(k) => skipped[*k].name.as_str(),
+    };
+    let label = |row: &Row, p: &str| format!("{p}{}", name(row));
     let width = rows
         .iter()
-        .map(|(i, p)| label(*i, p).chars().count())
+        .zip(&prefixes)
+        .map(|((r, _), p)| label(r, p).chars().count())
         .max()
         .unwrap_or(0)
         .min(64);
     let cause = tree.root_cause();
-    for (i, p) in &rows {
-        let s = &tree.nodes[*i].span;
+    for ((row, _), p) in rows.iter().zip(&prefixes) {
+        let i = match row {
+            Row::Span(i) => *i,
+            Row::Skipped(_) => {
+                out!(
+                    "  {:<width$} {:>7}  — skipped (upstream error)",
+                    truncate(&label(row, p), width),
+                    ""
+                );
+                continue;
+            }
+        };
+        let s = &tree.nodes[i].span;
         let mut line = format!(
             "  {:<width$} {:>7}",
-            truncate(&label(*i, p), width),
+            truncate(&label(row, p), width),
             duration(s.duration())
         );
         if s.source == SpanSource::Proxy {
@@ -203,8 +238,13 @@ fn run_trace(dir: &Path, given: &str, format: Format) -> anyhow::Result<()> {
                 ));
             }
         }
-        if Some(*i) == cause {
-            line.push_str(&format!("  ← {}", failure_message(s)));
+        if Some(i) == cause {
+            // The readable one-liner, and what was recorded when it says more.
+            let reading = flux_store::cause::read(&tree, i);
+            line.push_str(&format!("  ← {}", reading.text));
+            if reading.raw != reading.text && reading.raw != "error" {
+                line.push_str(&format!("  ({})", one_line_raw(&reading.raw)));
+            }
         } else if is_failed(s) {
             line.push_str("  ✗");
         }
@@ -212,6 +252,43 @@ fn run_trace(dir: &Path, given: &str, format: Format) -> anyhow::Result<()> {
     }
     out!();
     Ok(())
+}
+
+/// A row of `flux trace`: a span of the request, or one it skipped.
+enum Row {
+    Span(usize),
+    Skipped(usize),
+}
+
+/// The tree's spans depth first, each skipped span after its would-be siblings.
+fn rows_with_skipped(tree: &Tree, skipped: &[flux_store::skipped::Skipped]) -> Vec<(Row, usize)> {
+    let walk = tree.walk();
+    let mut out = Vec::with_capacity(walk.len() + skipped.len());
+    // Close each finished subtree: append the skipped children of the spans it ends.
+    let mut open: Vec<(usize, usize)> = Vec::new(); // (node, depth)
+    let flush = |open: &mut Vec<(usize, usize)>, depth: usize, out: &mut Vec<(Row, usize)>| {
+        while open.last().is_some_and(|&(_, d)| d >= depth) {
+            let Some((node, d)) = open.pop() else { break };
+            for (k, s) in skipped.iter().enumerate() {
+                if s.parent == node {
+                    out.push((Row::Skipped(k), d + 1));
+                }
+            }
+        }
+    };
+    for (i, d) in walk {
+        flush(&mut open, d, &mut out);
+        out.push((Row::Span(i), d));
+        open.push((i, d));
+    }
+    flush(&mut open, 0, &mut out);
+    out
+}
+
+/// A recorded error on one line, shortened.
+fn one_line_raw(s: &str) -> String {
+    let line: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    truncate(&line, 100)
 }
 
 fn truncate(s: &str, width: usize) -> String {

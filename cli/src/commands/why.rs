@@ -6,6 +6,7 @@ use crate::output::out;
 use std::path::PathBuf;
 
 use clap::Args;
+use flux_store::cause::Shape;
 use flux_store::Outcome;
 use serde_json::json;
 
@@ -49,6 +50,10 @@ pub fn run(args: WhyArgs) -> anyhow::Result<()> {
             "summary": why.summary,
             "root_cause": why.cause.as_ref().map(|c| json!({
                 "message": c.message,
+                "raw": c.raw,
+                "shape": c.shape,
+                "peer": c.peer,
+                "status": c.status,
                 "span": c.span,
                 "sqlstate": c.sqlstate,
                 "sql": c.sql,
@@ -66,6 +71,10 @@ pub fn run(args: WhyArgs) -> anyhow::Result<()> {
     let cause = match &why.cause {
         Some(c) => match &c.sql {
             Some(sql) => format!("{} in: {}", c.message, one_line(sql, 70)),
+            // A failed call's one-liner names the call already.
+            None if !matches!(c.shape, Shape::Exception | Shape::Database) => {
+                one_line(&c.message, 120)
+            }
             None => format!("{} (in {})", one_line(&c.message, 110), c.span),
         },
         None if rolled_back => "nothing failed; the transaction was rolled back".into(),
@@ -78,6 +87,24 @@ pub fn run(args: WhyArgs) -> anyhow::Result<()> {
             Some(f) => format!("{l}  (in {f})"),
             None => l.to_string(),
         },
+        None if why
+            .cause
+            .as_ref()
+            .is_some_and(|c| matches!(c.shape, Shape::ClientError | Shape::ServerError)) =>
+        {
+            let handler = why
+                .summary
+                .as_ref()
+                .and_then(|s| {
+                    Some(format!(
+                        " in the {} {} handler",
+                        s.method.as_ref()?,
+                        s.path.as_ref()?
+                    ))
+                })
+                .unwrap_or_default();
+            format!("unknown: the call{handler} failed with a status, which records no stack trace")
+        }
         None if why.summary.as_ref().is_some_and(|s| s.app) => {
             "unknown (no code.filepath or application stack frame on the failing spans)".into()
         }
