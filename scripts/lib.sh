@@ -124,6 +124,28 @@ ensure_example_venv() {
   echo "$venv/bin/python"
 }
 
+# The Node example (examples/transfer: Express + the OpenTelemetry JS SDK) for its
+# end-to-end test: node and npm, and its packages installed outside the clone (reused
+# while package-lock.json is unchanged); the test points NODE_PATH at them. Prints the
+# node_modules directory.
+ensure_example_node() {
+  local dir=${FLUX_EXAMPLE_NODE:-/var/tmp/flux-example-node}
+  local src
+  src="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/examples/transfer"
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+  fi
+  if [ -d "$dir/node_modules" ] && cmp -s "$src/package-lock.json" "$dir/package-lock.json" 2>/dev/null; then
+    echo "$dir/node_modules"; return
+  fi
+  echo "==> installing the Node example's packages in $dir" >&2
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  cp "$src/package.json" "$src/package-lock.json" "$dir/"
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
+  echo "$dir/node_modules"
+}
+
 # curl, which the demo uses to call the example app.
 ensure_curl() {
   command -v curl >/dev/null 2>&1 || apt_install curl ca-certificates
