@@ -2,7 +2,9 @@
 # Proxy CPU per transaction of two flux builds side by side in one run (relay and capture,
 # TPC-B and -S, alternating), CPU from /proc/PID/stat (utime + stime) over transactions.
 # Not part of the test suite. Usage: OLD=path/to/flux NEW=path/to/flux bench/proxy-cpu-compare.sh
-#   DURATION=10 (seconds per run), ROUNDS=2, SCALE=10; FLUX_PG_BIN for another server.
+#   DURATION=10 (seconds per run), ROUNDS=2, SCALE=10; FLUX_PG_BIN for another server;
+#   OLD_ARGS / NEW_ARGS: extra `flux proxy` flags for one side (OLD=NEW=flux NEW_ARGS="--admin 0"
+#   measures what serving metrics costs).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 source "$here/scripts/lib.sh"
@@ -23,8 +25,10 @@ start() { # name bin args...
   pid[$name]=$!; port[$name]=$p
   for _ in $(seq 100); do grep -q "listening on" $w/$name.log && return; sleep 0.1; done; cat $w/$name.log; exit 1
 }
-start old-relay $OLD --capture off; start new-relay $NEW --capture off
-start old-capture $OLD --data-dir $w/oc; start new-capture $NEW --data-dir $w/nc
+# shellcheck disable=SC2086 # the extra flags are meant to split
+start old-relay $OLD --capture off ${OLD_ARGS:-}; start new-relay $NEW --capture off ${NEW_ARGS:-}
+# shellcheck disable=SC2086
+start old-capture $OLD --data-dir $w/oc ${OLD_ARGS:-}; start new-capture $NEW --data-dir $w/nc ${NEW_ARGS:-}
 ticks() { awk '{print $14+$15}' /proc/$1/stat; }
 run() { # name mode
   local name=$1 mode=$2 before after tx

@@ -3,8 +3,6 @@
 //! upstream; OTLP counters following accepted and refused exports.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,37 +10,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{flux, Running};
+use common::{flux, http, Running};
 use flux_integration_tests::pg::{client_bin, free_port, Options, PgCluster, DB, PASSWORD, USER};
 use flux_integration_tests::process::start_proxy;
-
-/// Status and body of `GET path` (or `POST` with a body) over plain HTTP/1.1.
-fn http(port: u16, method: &str, path: &str, body: Option<(&str, &[u8])>) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to --admin");
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
-    if let Some((ct, b)) = body {
-        req.push_str(&format!(
-            "Content-Type: {ct}\r\nContent-Length: {}\r\n",
-            b.len()
-        ));
-    }
-    req.push_str("\r\n");
-    let mut bytes = req.into_bytes();
-    if let Some((_, b)) = body {
-        bytes.extend_from_slice(b);
-    }
-    s.write_all(&bytes).expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, body.to_string())
-}
 
 /// The samples of a Prometheus text exposition: `name{labels}` → value.
 fn samples(text: &str) -> BTreeMap<String, f64> {

@@ -148,7 +148,7 @@ async fn reject_mode_refuses_writes_while_the_store_fails_and_accepts_them_after
         "{e:?}"
     );
     client.batch_execute("ROLLBACK").await.expect("rollback");
-    let (status, ready) = admin_get(admin, "/readyz");
+    let (status, ready) = common::http(admin, "GET", "/readyz", None);
     assert_eq!(status, 503, "{ready}");
     assert!(ready.contains("FAIL store"), "{ready}");
 
@@ -180,7 +180,7 @@ async fn reject_mode_refuses_writes_while_the_store_fails_and_accepts_them_after
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(admin_get(admin, "/readyz").0, 200);
+    assert_eq!(common::http(admin, "GET", "/readyz", None).0, 200);
     // Nothing refused reached the table.
     let direct = pg.connect().await;
     let n: i64 = direct
@@ -193,19 +193,4 @@ async fn reject_mode_refuses_writes_while_the_store_fails_and_accepts_them_after
         .get(0);
     assert_eq!(n, 0);
     drop(proxy);
-}
-
-fn admin_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("admin");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status");
-    (status, out)
 }

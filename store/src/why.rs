@@ -219,4 +219,19 @@ mod tests {
             None
         );
     }
+
+    #[test]
+    fn failed_calls_get_advice_by_shape_and_status() {
+        let advice = |shape, status| shape_suggestion(shape, status).unwrap_or("");
+        assert!(advice(Shape::ClientError, Some(403)).contains("401/403"));
+        assert!(advice(Shape::ClientError, Some(429)).contains("rate limiting"));
+        assert!(advice(Shape::ClientError, Some(418)).contains("4xx"));
+        assert!(advice(Shape::ServerError, Some(503)).contains("5xx"));
+        assert!(advice(Shape::Dns, None).contains("did not resolve"));
+        assert!(advice(Shape::ConnectionRefused, None).contains("accepted the connection"));
+        // Timeouts fall through to the message rules; plain exceptions get nothing.
+        assert_eq!(shape_suggestion(Shape::Timeout, None), None);
+        assert_eq!(shape_suggestion(Shape::Exception, None), None);
+        assert_eq!(shape_suggestion(Shape::Grpc, None), None);
+    }
 }
