@@ -238,21 +238,14 @@ impl Pipeline {
                 None
             }
             bt::COMMAND_COMPLETE | bt::EMPTY_QUERY_RESPONSE => {
-                if self.meter.is_some() {
-                    let tag = if msg_tag == bt::COMMAND_COMPLETE {
-                        crate::message::command_tag(frame).unwrap_or_default()
-                    } else {
-                        b""
-                    };
-                    self.observe(Some(tag));
-                }
-                let tag = (self.track && msg_tag == bt::COMMAND_COMPLETE)
-                    .then(|| {
-                        crate::message::command_tag(frame)
-                            .ok()
-                            .map(Bytes::copy_from_slice)
-                    })
+                // Read once, for the meter and for the completion (when either wants it).
+                let tag = (msg_tag == bt::COMMAND_COMPLETE && (self.track || self.meter.is_some()))
+                    .then(|| crate::message::command_tag(frame).ok())
                     .flatten();
+                if self.meter.is_some() {
+                    self.observe(Some(tag.unwrap_or_default()));
+                }
+                let tag = tag.filter(|_| self.track).map(Bytes::copy_from_slice);
                 self.complete(tag, None)
             }
             bt::PORTAL_SUSPENDED => {
