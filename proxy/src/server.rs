@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::capture::catalog::CatalogError;
 use crate::capture::event::EventSink;
 use crate::config::{ProxyConfig, ProxyError};
-use crate::shared::{Shared, Shutdown, Stats};
+use crate::shared::{Open, Shared, Shutdown, Stats};
 
 /// A bound proxy, ready to run.
 pub struct Proxy {
@@ -119,9 +119,9 @@ impl Proxy {
             next_id += 1;
             let shared = self.shared.clone();
             shared.stats.sessions_total.fetch_add(1, Ordering::Relaxed);
-            shared.stats.sessions_active.fetch_add(1, Ordering::Relaxed);
+            let active = Open::count(&shared.stats, |s| &s.sessions_active);
             tracker.spawn(async move {
-                let _active = ActiveGuard(shared.stats.clone());
+                let _active = active;
                 crate::session::run(tcp, peer, id, shared).await;
             });
         }
@@ -134,14 +134,5 @@ impl Proxy {
         self.shared.shutdown.trigger();
         tracker.close();
         tracker.wait().await;
-    }
-}
-
-/// Decrements the active-session gauge however the session task ends (even by panic).
-struct ActiveGuard(Arc<Stats>);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.sessions_active.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -136,8 +136,7 @@ async fn serve(
         .connect(shared.upstream_tls.as_ref(), cfg.connect_timeout)
         .await?;
     shared.stats.upstream_total.fetch_add(1, Ordering::Relaxed);
-    shared.stats.upstream_active.fetch_add(1, Ordering::Relaxed);
-    let _upstream_open = UpstreamGuard(&shared.stats);
+    let _upstream_open = crate::shared::Open::count(&shared.stats, |s| &s.upstream_active);
     let auth = tokio::time::timeout(
         cfg.startup_timeout,
         startup::authenticate(
@@ -205,13 +204,4 @@ async fn serve(
         }
     }
     Ok(())
-}
-
-/// Counts an upstream connection closed however the session ends.
-struct UpstreamGuard<'a>(&'a crate::shared::Stats);
-
-impl Drop for UpstreamGuard<'_> {
-    fn drop(&mut self) {
-        self.0.upstream_active.fetch_sub(1, Ordering::Relaxed);
-    }
 }

@@ -38,6 +38,30 @@ pub struct Stats {
     pub statements: StatementStats,
 }
 
+/// Counts one open thing (a session, an upstream connection) in a [`Stats`] gauge for as
+/// long as it lives, however its task ends (even by panic).
+pub(crate) struct Open {
+    stats: Arc<Stats>,
+    gauge: fn(&Stats) -> &AtomicU64,
+}
+
+impl Open {
+    /// Increments `gauge` now; decrements it on drop.
+    pub(crate) fn count(stats: &Arc<Stats>, gauge: fn(&Stats) -> &AtomicU64) -> Open {
+        gauge(stats).fetch_add(1, Ordering::Relaxed);
+        Open {
+            stats: stats.clone(),
+            gauge,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        (self.gauge)(&self.stats).fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Upper bounds (seconds) of the statement latency histogram's buckets.
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
