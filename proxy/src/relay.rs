@@ -12,7 +12,7 @@
 
 use std::future::Future;
 use std::io;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -333,9 +333,14 @@ impl Leg {
         Ok(end)
     }
 
-    /// Writes the first `end` bytes (with the replaced frames) in one write, flushes, and
-    /// drops them from the buffer.
-    async fn forward(&mut self, wr: &mut WriteHalf<'_>, end: usize) -> io::Result<()> {
+    /// Writes the first `end` bytes (with the replaced frames) in one write, flushes,
+    /// counts them (as read) in `relayed`, and drops them from the buffer.
+    async fn forward(
+        &mut self,
+        wr: &mut WriteHalf<'_>,
+        end: usize,
+        relayed: &AtomicU64,
+    ) -> io::Result<()> {
         let bytes = outgoing(
             &mut self.out,
             &self.buf[..end],
@@ -346,6 +351,7 @@ impl Leg {
         wr.flush().await?;
         self.out.clear();
         self.buf.advance(end);
+        relayed.fetch_add(end as u64, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -387,12 +393,10 @@ async fn client_to_server<C: ClientSide>(
             .frames
             .last()
             .is_some_and(|&(t, _, _)| t == tag::TERMINATE);
-        leg.forward(wr, end).await.map_err(SessionError::ServerIo)?;
+        leg.forward(wr, end, &shared.stats.client_bytes)
+            .await
+            .map_err(SessionError::ServerIo)?;
         lock(relay).writing_up = false;
-        shared
-            .stats
-            .client_bytes
-            .fetch_add(end as u64, Ordering::Relaxed);
         if terminated {
             return Ok(RelayEnd::ClientTerminated);
         }
@@ -448,12 +452,10 @@ async fn server_to_client<S: ServerSide>(
             r.writing_down = true;
         }
         side.before_write().await;
-        leg.forward(wr, end).await.map_err(SessionError::ClientIo)?;
+        leg.forward(wr, end, &shared.stats.server_bytes)
+            .await
+            .map_err(SessionError::ClientIo)?;
         lock(relay).writing_down = false;
-        shared
-            .stats
-            .server_bytes
-            .fetch_add(end as u64, Ordering::Relaxed);
         side.after_write();
     }
 }
