@@ -402,6 +402,10 @@ impl EventSink for StoreSink {
         }))
     }
 
+    fn may_refuse(&self) -> bool {
+        self.reject
+    }
+
     fn refusal(&self) -> Option<String> {
         if !self.reject {
             return None;

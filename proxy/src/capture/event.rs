@@ -176,6 +176,12 @@ pub trait EventSink: Send + Sync + 'static {
         None
     }
 
+    /// Whether the sink may ever refuse writes (`--on-store-failure=reject`); asked once
+    /// per session, so sessions of a fail-open sink never ask [`refusal`](Self::refusal).
+    fn may_refuse(&self) -> bool {
+        false
+    }
+
     /// With `--on-store-failure=reject`: why writes must be refused now (what they
     /// would record cannot be kept), else `None` (the default: fail open).
     fn refusal(&self) -> Option<String> {

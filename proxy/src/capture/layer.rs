@@ -53,6 +53,7 @@ pub(crate) fn start(
         unsettled: false,
         prepared: HashMap::new(),
         snapshot: None,
+        may_refuse: sink.may_refuse(),
         sink: sink.clone(),
         refused_execute: false,
     };
@@ -103,8 +104,9 @@ pub(crate) struct Planner {
     prepared: HashMap<String, Option<String>>,
     /// The snapshot [`ClientSide::prepare`] read for the chunk being planned.
     snapshot: Option<Arc<Snapshot>>,
-    /// Asked whether writes must be refused (`--on-store-failure=reject`).
+    /// Asked whether writes must be refused (`--on-store-failure=reject`), when it may.
     sink: Arc<dyn EventSink>,
+    may_refuse: bool,
     /// The frame just planned was an `Execute` replaced by a refusal.
     refused_execute: bool,
 }
@@ -458,6 +460,9 @@ fn bind_request_params(prepared: &mut Prepared, bind: &[u8]) {
 /// Why a statement with these steps must be refused: it writes, and the sink cannot keep
 /// what it would record (`--on-store-failure=reject`).
 fn refusal(p: &Planner, steps: Option<&[StepPlan]>) -> Option<String> {
+    if !p.may_refuse {
+        return None;
+    }
     let writes = steps?
         .iter()
         .any(|s| matches!(s.kind, Kind::Write(_)) || s.capture.is_some() || s.gap.is_some());
