@@ -109,16 +109,7 @@ fn node_paths(tree: &Tree, root_name: &str) -> HashMap<String, usize> {
         .into_iter()
         .collect();
     while let Some((i, path)) = stack.pop() {
-        let mut seen: HashMap<&str, usize> = HashMap::new();
-        for &c in &tree.nodes[i].children {
-            let name = tree.nodes[c].span.name.as_str();
-            let k = seen.entry(name).or_insert(0);
-            *k += 1;
-            let key = if *k == 1 {
-                name.to_string()
-            } else {
-                format!("{name}#{k}")
-            };
+        for (key, c) in crate::trace::keyed(tree, &tree.nodes[i].children) {
             stack.push((c, format!("{path}/{key}")));
         }
         out.insert(path, i);

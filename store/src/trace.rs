@@ -580,7 +580,7 @@ pub fn diff(a: &Tree, b: &Tree) -> Vec<DiffRow> {
 }
 
 /// Children keyed `name#k` (k-th sibling of that name, from 1), in order.
-fn keyed(tree: &Tree, ids: &[usize]) -> Vec<(String, usize)> {
+pub(crate) fn keyed(tree: &Tree, ids: &[usize]) -> Vec<(String, usize)> {
     let mut seen: HashMap<&str, usize> = HashMap::new();
     ids.iter()
         .map(|&i| {
