@@ -223,7 +223,8 @@ impl Store {
             .sum()
     }
 
-    fn int_property(&self, family: &str, name: &str) -> u64 {
+    /// A family's RocksDB integer property (0 when unavailable).
+    pub(crate) fn int_property(&self, family: &str, name: &str) -> u64 {
         self.db
             .property_int_value_cf(self.cf(family), name)
             .ok()

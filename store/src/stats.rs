@@ -47,13 +47,7 @@ impl Store {
                 | EXCHANGES => (requests, "request start"),
                 _ => ((None, None), "record"),
             };
-            let prop = |name: &str| {
-                self.db
-                    .property_int_value_cf(self.cf(family), name)
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0)
-            };
+            let prop = |name: &str| self.int_property(family, name);
             let records = prop("rocksdb.estimate-num-keys");
             // An empty family holds no request's records, whatever the requests' times.
             let range = if records == 0 { (None, None) } else { range };
