@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeMetric,
+};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -47,23 +49,22 @@ fn load(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
 }
 
-fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
-    let c = ConstCounter::new(v);
-    c.encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: impl EncodeCounterValue,
+) -> std::fmt::Result {
+    ConstCounter::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)
 }
 
-fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
-    let g = ConstGauge::new(v);
-    g.encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
-}
-
-fn gauge_f(enc: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> std::fmt::Result {
-    let g = ConstGauge::new(v);
-    g.encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
-}
-
-fn signed(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: impl EncodeGaugeValue,
+) -> std::fmt::Result {
+    ConstGauge::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
 }
 
 impl Collector for Sources {
@@ -104,7 +105,7 @@ impl Collector for Sources {
                 &mut enc,
                 "flux_store_disk_bytes",
                 "Size of the data dir on disk",
-                signed(dir_size(dir)),
+                dir_size(dir),
             )?;
         }
         if let Some(o) = &self.otlp {
@@ -136,7 +137,7 @@ fn proxy(enc: &mut DescriptorEncoder, p: &flux_proxy::Stats) -> std::fmt::Result
         enc,
         "flux_proxy_client_sessions_open",
         "Client connections being served",
-        signed(load(&p.sessions_active)),
+        load(&p.sessions_active),
     )?;
     counter(
         enc,
@@ -148,7 +149,7 @@ fn proxy(enc: &mut DescriptorEncoder, p: &flux_proxy::Stats) -> std::fmt::Result
         enc,
         "flux_proxy_upstream_sessions_open",
         "Connections to the database open",
-        signed(load(&p.upstream_active)),
+        load(&p.upstream_active),
     )?;
     counter(
         enc,
@@ -229,7 +230,7 @@ fn writer(enc: &mut DescriptorEncoder, w: &flux_store::WriterStats) -> std::fmt:
         enc,
         "flux_store_queue_bytes",
         "Bytes of records queued for the store writer and not yet written",
-        signed(load(&w.queued_bytes)),
+        load(&w.queued_bytes),
     )?;
     counter(
         enc,
@@ -255,16 +256,13 @@ fn writer(enc: &mut DescriptorEncoder, w: &flux_store::WriterStats) -> std::fmt:
         "Records the writer's queue refused (full or stopped)",
         load(&w.rejected),
     )?;
-    {
-        let c = ConstCounter::new(load(&w.batch_nanos) as f64 / 1e9);
-        c.encode(enc.encode_descriptor(
-            "flux_store_batch_seconds",
-            "Time spent writing (and syncing) batches; divide by flux_store_batches_total for the mean",
-            None,
-            MetricType::Counter,
-        )?)?;
-    }
-    gauge_f(
+    counter(
+        enc,
+        "flux_store_batch_seconds",
+        "Time spent writing (and syncing) batches; divide by flux_store_batches_total for the mean",
+        load(&w.batch_nanos) as f64 / 1e9,
+    )?;
+    gauge(
         enc,
         "flux_store_batch_seconds_max",
         "The longest single batch write since start",
