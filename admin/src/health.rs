@@ -5,7 +5,6 @@
 //! connect, closed at once, so the server logs nothing), and — with capture on — the store
 //! writer is running and its last write succeeded.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,19 +81,13 @@ impl Readiness {
 }
 
 fn store(w: &flux_store::WriterStats) -> Check {
-    let (ok, detail) = if w.stopped.load(Ordering::Relaxed) {
-        (false, "the store writer has stopped".to_string())
-    } else if w.failing.load(Ordering::Relaxed) {
-        (
-            false,
-            "the store's last write failed (see the proxy's log; disk full?)".to_string(),
-        )
-    } else {
-        (true, "the store writer is writing".to_string())
-    };
+    let failure = w.failure();
     Check {
         name: "store",
-        ok,
-        detail,
+        ok: failure.is_none(),
+        detail: match failure {
+            Some(why) => format!("{why} (see the proxy's log)"),
+            None => "the store writer is writing".to_string(),
+        },
     }
 }

@@ -410,11 +410,8 @@ impl EventSink for StoreSink {
         if !self.reject {
             return None;
         }
-        let stats = self.writer.stats();
-        if stats.stopped.load(Ordering::Relaxed) {
-            Some("the store writer has stopped".into())
-        } else if stats.failing.load(Ordering::Relaxed) {
-            Some("the store's writes are failing: disk full or an I/O error".into())
+        if let Some(why) = self.writer.stats().failure() {
+            Some(why.into())
         } else if self.lagging.load(Ordering::Relaxed) || self.stalled.load(Ordering::Relaxed) {
             Some("the store is not keeping up".into())
         } else {

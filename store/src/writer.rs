@@ -148,6 +148,19 @@ impl StoreSlot {
     }
 }
 
+impl WriterStats {
+    /// Why the writer cannot keep records now (stopped, or its last write failed), if so.
+    pub fn failure(&self) -> Option<&'static str> {
+        if self.stopped.load(Ordering::Relaxed) {
+            Some("the store writer has stopped")
+        } else if self.failing.load(Ordering::Relaxed) {
+            Some("the store's last write failed: disk full or an I/O error")
+        } else {
+            None
+        }
+    }
+}
+
 /// Sends records to the writer thread. Cheap to clone.
 #[derive(Clone)]
 pub struct WriterHandle {
