@@ -140,6 +140,15 @@ pub(crate) fn tree_prefixes(depths: &[usize]) -> Vec<String> {
         .collect()
 }
 
+/// Attributes (a span's or an event's) as a JSON object.
+fn attributes_json(attributes: &[(String, String)]) -> Value {
+    attributes
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 fn span_json(tree: &Tree, i: usize, depth: usize) -> Value {
     let s = &tree.nodes[i].span;
     json!({
@@ -154,11 +163,11 @@ fn span_json(tree: &Tree, i: usize, depth: usize) -> Value {
         "duration_ms": s.duration() as f64 / 1e6,
         "error": is_failed(s).then(|| failure_message(s)),
         "service": s.service,
-        "attributes": s.attributes.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
+        "attributes": attributes_json(&s.attributes),
         "events": s.events.iter().map(|e| json!({
             "name": e.name,
             "at_ns": e.at,
-            "attributes": e.attributes.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
+            "attributes": attributes_json(&e.attributes),
         })).collect::<Vec<_>>(),
     })
 }
