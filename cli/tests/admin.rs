@@ -48,6 +48,20 @@ const EXPORT: &str = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"ser
         {"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174","name":"GET /","kind":2,"startTimeUnixNano":"1700000000000000000","endTimeUnixNano":"1700000000100000000"},
         {"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b175","parentSpanId":"eee19b7ec3c1b174","name":"work","kind":1,"startTimeUnixNano":"1700000000010000000","endTimeUnixNano":"1700000000090000000"}]}]}]}"#;
 
+/// `flux proxy` recording into `data` with OTLP on, and `extra` flags: the running
+/// proxy, its PostgreSQL port and its OTLP port.
+fn proxy(pg: &PgCluster, data: &std::path::Path, extra: &[&str]) -> (Running, u16, u16) {
+    let (port, otlp) = (free_port(), free_port());
+    let listen = format!("127.0.0.1:{port}");
+    let mut cmd = flux();
+    cmd.args(["proxy", "--listen", &listen, "--upstream", &pg.url()])
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--otlp", &format!("127.0.0.1:{otlp}")])
+        .args(extra);
+    (Running(start_proxy(&mut cmd, &listen)), port, otlp)
+}
+
 const CLIENTS: u32 = 4;
 const TRANSACTIONS: u32 = 100;
 
@@ -69,17 +83,8 @@ fn metrics_follow_the_load_and_readiness_follows_the_upstream() {
     );
 
     let data = common::private_tempdir();
-    let port = free_port();
     let admin = free_port();
-    let otlp = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut cmd = flux();
-    cmd.args(["proxy", "--listen", &listen, "--upstream", &pg.url()])
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(["--admin", &admin.to_string()])
-        .args(["--otlp", &format!("127.0.0.1:{otlp}")]);
-    let _proxy = Running(start_proxy(&mut cmd, &listen));
+    let (_proxy, port, otlp) = proxy(&pg, data.path(), &["--admin", &admin.to_string()]);
 
     assert_eq!(http(admin, "GET", "/healthz", None).0, 200);
     let (status, ready) = http(admin, "GET", "/readyz", None);
@@ -211,16 +216,7 @@ fn metrics_follow_the_load_and_readiness_follows_the_upstream() {
 fn retention_removes_old_requests_while_the_proxy_runs() {
     let pg = PgCluster::start(Options::default());
     let data = common::private_tempdir();
-    let port = free_port();
-    let otlp = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut cmd = flux();
-    cmd.args(["proxy", "--listen", &listen, "--upstream", &pg.url()])
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(["--otlp", &format!("127.0.0.1:{otlp}")])
-        .args(["--retain", "20s"]);
-    let _proxy = Running(start_proxy(&mut cmd, &listen));
+    let (_proxy, _, otlp) = proxy(&pg, data.path(), &["--retain", "20s"]);
     let stats = |data: &std::path::Path| {
         let out = flux()
             .args(["store", "stats", "--format", "json", "--data-dir"])
