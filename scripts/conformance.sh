@@ -51,7 +51,7 @@ wait_for() { # FILE PATTERN WHAT
   for _ in $(seq 300); do grep -q "$2" "$1" 2>/dev/null && return; sleep 0.1; done
   echo "error: $3 did not start; its log:" >&2
   cat "$1" >&2
-  exit 1
+  return 1
 }
 
 # run_suite VERSION PGBIN LIBDIR MODE: one pg_regress run on a fresh cluster; results in
@@ -61,7 +61,9 @@ run_suite() {
   local dir="$work/$version-$mode-$attempt"
   mkdir -p "$dir/out"
   run_as_pg chown_work "$dir"
-  as_pg "$pgbin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
+  # run_suite is called in `if !`, where bash ignores set -e: each step checks itself.
+  as_pg "$pgbin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C >"$dir/initdb.log" 2>&1 \
+    || { echo "error: initdb ($pgbin) failed for the $version $mode run:" >&2; cat "$dir/initdb.log" >&2; return 1; }
   local pg_port
   pg_port=$(free_port)
   cat >>"$dir/data/postgresql.conf" <<CONF
@@ -70,7 +72,8 @@ unix_socket_directories = '$dir'
 max_connections = 200
 fsync = off
 CONF
-  as_pg "$pgbin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -o "-p $pg_port" -w start >/dev/null
+  as_pg "$pgbin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -o "-p $pg_port" -w start >/dev/null \
+    || { echo "error: PostgreSQL ($pgbin) did not start for the $version $mode run:" >&2; cat "$dir/postgres.log" >&2; return 1; }
   clusters+=("$pgbin|$dir/data")
   local port=$pg_port
   if [ "$mode" != direct ]; then
@@ -81,7 +84,7 @@ CONF
       --upstream "postgres://postgres@127.0.0.1:$pg_port/postgres?sslmode=disable" \
       "${args[@]}" 2>"$dir/flux.log" &
     pids+=($!)
-    wait_for "$dir/flux.log" "listening on" "flux proxy"
+    wait_for "$dir/flux.log" "listening on" "flux proxy" || return 1
   fi
   local started=$SECONDS
   # pg_regress exits non-zero when results differ from the suite's expected files (they do
@@ -91,8 +94,8 @@ CONF
   as_pg "$PG_REGRESS" --inputdir="$REGRESS_SRC" --outputdir="$dir/out" --bindir="$pgbin" \
     --dlpath="$lib" --host=127.0.0.1 --port="$port" --user=postgres "${serial[@]}" \
     --schedule="$REGRESS_SRC/parallel_schedule" >"$dir/pg_regress.log" 2>&1 || true
-  local n
-  n=$(ls "$dir/out/results" 2>/dev/null | wc -l)
+  local n=0 f
+  for f in "$dir/out/results"/*; do [ -e "$f" ] && n=$((n + 1)); done
   echo "    $version $mode (run $attempt): $n result files in $((SECONDS - started)) s" >&2
   if [ "$mode" != direct ]; then
     kill "${pids[-1]}" 2>/dev/null || true
@@ -104,6 +107,15 @@ CONF
     fi
   fi
   as_pg "$pgbin/pg_ctl" -D "$dir/data" -m fast stop >/dev/null 2>&1 || true
+}
+
+# contains NAME WORD...: whether NAME is one of the words (no `printf | grep -q`, whose
+# early exit can fail the pipe under pipefail).
+contains() {
+  local name=$1 w
+  shift
+  for w in "$@"; do [ "$w" = "$name" ] && return 0; done
+  return 1
 }
 
 # differing DIRECT_RESULTS MODE_RESULTS: the names of result files that differ.
@@ -127,7 +139,8 @@ for version in $VERSIONS; do
   echo "==> PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}'): the regression suite direct, then $MODES" >&2
   run_suite "$version" "$pgbin" "$lib" direct
   direct="$work/$version-direct-1/out/results"
-  total=$(ls "$direct" | wc -l)
+  total=0
+  for f in "$direct"/*; do [ -e "$f" ] && total=$((total + 1)); done
   if [ "$total" -lt 100 ]; then
     echo "error: the direct run produced only $total result files; see $work/$version-direct-1/pg_regress.log" >&2
     tail -n 30 "$work/$version-direct-1/pg_regress.log" >&2
@@ -148,21 +161,26 @@ for version in $VERSIONS; do
       run_suite "$version" "$pgbin" "$lib" "$mode" 2 || true
       mapfile -t second < <(differing "$work/$version-direct-2/out/results" "$work/$version-$mode-2/out/results")
       for name in "${first[@]}"; do
-        printf '%s\n' "${second[@]}" | grep -qFx "$name" && diffs+=("$name")
+        if contains "$name" "${second[@]}"; then diffs+=("$name"); fi
       done
       for name in "${first[@]}"; do
-        printf '%s\n' "${diffs[@]}" | grep -qFx "$name" \
+        contains "$name" "${diffs[@]}" \
           || echo "    $version $mode: $name differed once, not again (timing, not the proxy)" >&2
       done
     fi
     if [ "$mode" = capture ]; then
       # Identical results prove nothing if capture silently stepped aside: the suite's
       # foreign_key test writes pktable's row 1 many times, and all of it must be recorded.
-      captured=$("$FLUX" state history pktable --id 1 --format json \
-        --data-dir "$work/$version-capture-1/flux-data" 2>/dev/null | grep -o '"op"' | wc -l || true)
+      history="$work/$version-capture-1/pktable-history"
+      captured=0
+      if "$FLUX" state history pktable --id 1 --format json \
+        --data-dir "$work/$version-capture-1/flux-data" >"$history.json" 2>"$history.err"; then
+        captured=$(grep -o '"op"' "$history.json" | wc -l || true)
+      fi
       echo "    $version capture: $captured changes of pktable id=1 recorded" >&2
       if [ "${captured:-0}" -lt 10 ]; then
         echo "FAILED: PostgreSQL $version capture: the store holds $captured changes of pktable id=1; capture did not record the suite's writes" >&2
+        cat "$history.err" >&2
         failed=$((failed + 1))
         KEEP=1
         continue

@@ -146,6 +146,15 @@ ensure_example_node() {
   echo "$dir/node_modules"
 }
 
+# ip (iproute2) and nft (nftables): replay runs the app in a network namespace of its own
+# whose outbound connections are redirected to the stub (DESIGN §7, isolation).
+ensure_netns_tools() {
+  local missing=()
+  command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
+  command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || missing+=(nftables)
+  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+}
+
 # curl, which the demo uses to call the example app.
 ensure_curl() {
   command -v curl >/dev/null 2>&1 || apt_install curl ca-certificates
@@ -167,7 +176,16 @@ ensure_regress_suite() {
     apt_install postgresql-server-dev-15 gcc make dpkg-dev bzip2
   fi
   [ -d "$inc15" ] || inc15=$(/usr/lib/postgresql/15/bin/pg_config --includedir-server)
-  REGRESS_SRC=$(ls -d "$dir"/postgresql-15.*/src/test/regress 2>/dev/null | sort -V | tail -n 1)
+  # The newest unpacked copy, if any. A glob, not `ls | sort` in $(…): under pipefail a
+  # missing directory would end the script there, silently, before the suite is fetched.
+  REGRESS_SRC=
+  local found
+  for found in "$dir"/postgresql-15.*/src/test/regress; do
+    [ -d "$found" ] || continue
+    if [ -z "$REGRESS_SRC" ] || [ "$(printf '%s\n%s\n' "$REGRESS_SRC" "$found" | sort -V | tail -n 1)" = "$found" ]; then
+      REGRESS_SRC=$found
+    fi
+  done
   if [ -z "$REGRESS_SRC" ] || [ ! -f "$REGRESS_SRC/parallel_schedule" ]; then
     if ! apt-cache showsrc postgresql-15 2>/dev/null | grep -q '^Version:'; then
       local f
@@ -183,17 +201,44 @@ ensure_regress_suite() {
       echo "==> apt-get update (deb-src)" >&2
       as_root apt-get update -qq
     fi
-    # The server's own version when the mirror serves it, else the newest it serves.
-    local installed version
+    # The server's own version first, then the others the apt sources list, newest first:
+    # a mirror may list a source it does not serve (seen: bookworm-security's 404s). Any
+    # 15.x suite will do, as its results are compared direct vs proxy, not with its
+    # expected files.
+    local installed candidates version log tarball upstream
     installed=$(dpkg-query -W -f '${Version}' postgresql-15 2>/dev/null || true)
-    version=$(apt-cache showsrc postgresql-15 | awk '/^Version:/ {print $2}' | grep -Fx "$installed" || true)
-    [ -n "$version" ] || version=$(apt-cache showsrc postgresql-15 | awk '/^Version:/ {print $2}' | sort -V | tail -n 1)
-    [ -n "$version" ] || { echo "error: no postgresql-15 source package on the apt mirror" >&2; return 1; }
-    echo "==> fetching PostgreSQL's regression suite (postgresql-15=$version source)" >&2
+    candidates=$(apt-cache showsrc postgresql-15 2>/dev/null | awk '/^Version:/ {print $2}' | sort -rV || true)
+    if [ -z "$candidates" ]; then
+      echo "error: the apt sources offer no postgresql-15 source package (apt-cache showsrc postgresql-15);" \
+        "add a deb-src line for the Debian mirror, or set FLUX_REGRESS_DIR to a directory holding postgresql-15.*/src/test/regress" >&2
+      return 1
+    fi
+    case $'\n'"$candidates"$'\n' in
+      *$'\n'"$installed"$'\n'*) candidates=$(printf '%s\n' "$installed" "$candidates" | awk '!seen[$0]++') ;;
+    esac
     mkdir -p "$dir"
-    (cd "$dir" && apt-get source -qq --download-only "postgresql-15=$version" >/dev/null 2>&1)
-    local tarball upstream
-    tarball=$(ls "$dir"/postgresql-15_"${version%%-*}".orig.tar.* | head -n 1)
+    log=$(mktemp)
+    version=
+    for v in $candidates; do
+      echo "==> fetching PostgreSQL's regression suite (postgresql-15=$v source) into $dir" >&2
+      if (cd "$dir" && apt-get source -qq --download-only "postgresql-15=$v") >>"$log" 2>&1; then
+        version=$v
+        break
+      fi
+      echo "    postgresql-15=$v: not served; trying the next version" >&2
+    done
+    if [ -z "$version" ]; then
+      echo "error: no postgresql-15 source package could be downloaded (tried: $(echo $candidates)):" >&2
+      cat "$log" >&2
+      rm -f "$log"
+      return 1
+    fi
+    rm -f "$log"
+    tarball=
+    for found in "$dir"/postgresql-15_"${version%%-*}".orig.tar.*; do
+      [ -f "$found" ] && { tarball=$found; break; }
+    done
+    [ -n "$tarball" ] || { echo "error: apt-get source left no postgresql-15_${version%%-*}.orig.tar.* in $dir" >&2; return 1; }
     upstream="postgresql-${version%%-*}"
     (cd "$dir" && tar xf "$tarball" "$upstream/src/test/regress" "$upstream/contrib/spi")
     REGRESS_SRC="$dir/$upstream/src/test/regress"
