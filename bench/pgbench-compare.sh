@@ -86,9 +86,14 @@ for t in "${targets[@]}"; do
 done
 
 run_pgbench() { # target, extra args…
-  local t=$1; shift
-  "$PGBENCH" -h 127.0.0.1 -p "${port[$t]}" -U postgres -M "$MODE" -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -n "$@" postgres 2>/dev/null \
-    | awk '/^tps = / {print $3}'
+  local t=$1 out; shift
+  # Kept whole, not piped: a failing pgbench is said, with its output, never a silent exit.
+  if ! out=$("$PGBENCH" -h 127.0.0.1 -p "${port[$t]}" -U postgres -M "$MODE" -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -n "$@" postgres 2>&1); then
+    echo "error: pgbench against $t failed:" >&2
+    echo "$out" >&2
+    exit 1
+  fi
+  awk '/^tps = / {print $3}' <<<"$out"
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
@@ -115,9 +120,12 @@ for workload in tpcb select; do
       printf '  %-7s round %d %-12s %10.1f tps\n' "$workload" "$r" "$t" "$tps" >&2
     done
   done
-  direct=$(echo "${results[direct]}" | tr ' ' '\n' | grep . | median)
+  # `grep .` exits 1 on no input, which pipefail would turn into a silent exit: `|| true`,
+  # and an empty result is said.
+  direct=$(echo "${results[direct]}" | tr ' ' '\n' | { grep . || true; } | median)
+  [ -n "$direct" ] || { echo "error: no direct $workload result" >&2; exit 1; }
   for t in "${targets[@]}"; do
-    m=$(echo "${results[$t]}" | tr ' ' '\n' | grep . | median)
+    m=$(echo "${results[$t]}" | tr ' ' '\n' | { grep . || true; } | median)
     awk -v w="$workload" -v t="$t" -v m="$m" -v d="$direct" 'BEGIN { printf "%-7s %-12s median %10.1f tps   ratio %s/direct = %.3f\n", w, t, m, t, m / d }'
   done
 done

@@ -31,9 +31,15 @@ start old-relay $OLD --capture off ${OLD_ARGS:-}; start new-relay $NEW --capture
 start old-capture $OLD --data-dir $w/oc ${OLD_ARGS:-}; start new-capture $NEW --data-dir $w/nc ${NEW_ARGS:-}
 ticks() { awk '{print $14+$15}' /proc/$1/stat; }
 run() { # name mode
-  local name=$1 mode=$2 before after tx
+  local name=$1 mode=$2 before after tx out
   before=$(ticks ${pid[$name]})
-  tx=$(pgbench -h 127.0.0.1 -p ${port[$name]} -U postgres -M extended -c 8 -j 2 -T ${DURATION:-10} $mode postgres 2>/dev/null | awk '/number of transactions actually processed/ {print $NF}' | cut -d/ -f1)
+  # pgbench's output kept, not piped: under pipefail a failing pgbench in $(… | …) would
+  # end the script silently.
+  if ! out=$(pgbench -h 127.0.0.1 -p ${port[$name]} -U postgres -M extended -c 8 -j 2 -T ${DURATION:-10} $mode postgres 2>&1); then
+    echo "error: pgbench through $name failed:" >&2; echo "$out" >&2; exit 1
+  fi
+  tx=$(awk '/number of transactions actually processed/ {print $NF}' <<<"$out" | cut -d/ -f1)
+  [ -n "$tx" ] && [ "$tx" -gt 0 ] || { echo "error: pgbench through $name processed no transactions:" >&2; echo "$out" >&2; exit 1; }
   after=$(ticks ${pid[$name]})
   echo "$name ${mode:-tpcb} tx=$tx us_per_tx=$(( (after-before)*10000 / tx ))"
 }

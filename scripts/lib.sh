@@ -28,7 +28,11 @@ pg_bin_dir() {
   local d
   d=$(dirname "$(command -v initdb 2>/dev/null || echo /nonexistent/x)")
   if [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ]; then echo "$d"; return; fi
-  ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
+  # A glob, not `ls | sort` (which fails under pipefail when there is none, and would end
+  # the caller's script before PostgreSQL is installed).
+  local found=()
+  for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && found+=("$d"); done
+  [ ${#found[@]} -eq 0 ] || printf '%s\n' "${found[@]}" | sort -V | tail -n 1
 }
 
 # PostgreSQL server and client binaries (initdb, pg_ctl, postgres, psql, pgbench).
