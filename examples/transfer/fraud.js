@@ -1,10 +1,18 @@
 // A stand-in fraud service: POST /check answers 403 for amounts of 1000 and more, stalls
-// for 5 s on an amount of 777 (the caller's 1 s timeout fires), else 200.
+// for 5 s on an amount of 777 (the caller's 1 s timeout fires), else 200. GET /calls
+// answers how many checks it was asked (tests prove a replay never reaches it).
 const http = require("http");
 
 const port = Number(process.argv[2] || 9200);
+let calls = 0;
 http
   .createServer((req, res) => {
+    if (req.method === "GET" && req.url === "/calls") {
+      const body = JSON.stringify({ calls });
+      res.writeHead(200, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(body) });
+      return res.end(body);
+    }
+    calls += 1;
     let body = "";
     req.on("data", (c) => (body += c));
     req.on("end", () => {

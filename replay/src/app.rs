@@ -1,7 +1,8 @@
 //! Running the app under replay: `[app] start` from `flux.toml`'s directory (or bisect's
-//! worktree) with the replay environment, in its own process group, until it is ready;
-//! and stopping all of it — the shell and everything it started — however the replay
-//! ends (dropping an [`AppProcess`] kills the group).
+//! worktree) with the replay environment, in its own process group — and, when there is
+//! one, inside the replay's network namespace ([`Sandbox`]), its port bridged out — until
+//! it is ready; and stopping all of it — the shell and everything it started — however the
+//! replay ends (dropping an [`AppProcess`] kills the group).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -11,20 +12,24 @@ use rustix::process::{kill_process_group, Pid, Signal};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::Config;
+use crate::isolation::Sandbox;
 
 /// A running app.
 #[derive(Debug)]
 pub struct AppProcess {
     child: Child,
     group: ProcessGroup,
-    /// Where the app listens.
+    /// Where Flux reaches the app (its `[app] url`, or the sandbox's bridge to it).
     pub url: String,
     /// The port Flux picked (also the app's `PORT`).
     pub port: u16,
     /// Its stdout and stderr.
     pub log: PathBuf,
+    /// Closes the bridge into the sandbox, if any, when the app goes.
+    _bridge: Option<DropGuard>,
 }
 
 /// Why the app could not be started.
@@ -64,21 +69,37 @@ pub enum AppError {
     },
 }
 
-/// Starts `config`'s app in `dir` with `env` added (after `[app] env`), logging to `log`,
-/// and waits up to `timeout` until it is ready: `[app] ready` answers 2xx, or without
-/// one, its port accepts connections.
+/// Starts `config`'s app in `dir` with `env` added (after `[app] env`) and `PORT=port`,
+/// inside `sandbox` when given, logging to `log`, and waits up to `timeout` until it is
+/// ready: `[app] ready` answers 2xx, or without one, its port accepts connections.
 pub async fn start(
     config: &Config,
     dir: &Path,
     env: &[(String, String)],
     log: &Path,
     timeout: Duration,
+    port: u16,
+    sandbox: Option<&Sandbox>,
 ) -> Result<AppProcess, AppError> {
-    let port = free_port().map_err(|source| AppError::Spawn {
-        what: "picking a port",
-        source,
-    })?;
-    let url = config.app_url(port);
+    let (url, reach, bridge) = match sandbox {
+        Some(sandbox) => {
+            let token = CancellationToken::new();
+            let reach =
+                sandbox
+                    .bridge_out(port, token.clone())
+                    .await
+                    .map_err(|e| AppError::Spawn {
+                        what: "bridging its port out of the sandbox",
+                        source: std::io::Error::other(e),
+                    })?;
+            (format!("http://{reach}"), reach, Some(token.drop_guard()))
+        }
+        None => (
+            config.app_url(port),
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            None,
+        ),
+    };
     let out = std::fs::File::create(log).map_err(|source| AppError::Spawn {
         what: "creating its log",
         source,
@@ -100,6 +121,9 @@ pub async fn start(
         // Its own group, so stopping it stops whatever the shell started too.
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(sandbox) = sandbox {
+        sandbox.enter(&mut cmd);
+    }
     let child = cmd.spawn().map_err(|source| AppError::Spawn {
         what: "spawning sh",
         source,
@@ -111,6 +135,7 @@ pub async fn start(
         url,
         port,
         log: log.to_path_buf(),
+        _bridge: bridge,
     };
     let ready_url = format!("{}{}", app.url, config.app.ready.as_deref().unwrap_or(""));
     let started = Instant::now();
@@ -123,10 +148,13 @@ pub async fn start(
             });
         }
         let ready = match &config.app.ready {
-            Some(path) => get_status(port, path)
+            Some(path) => get_status(reach, path)
                 .await
                 .is_some_and(|s| (200..300).contains(&s)),
-            None => TcpStream::connect(("127.0.0.1", port)).await.is_ok(),
+            // Through a bridge, a connection is accepted before the app is there: a
+            // probe request must be answered (any status).
+            None if sandbox.is_some() => get_status(reach, "/").await.is_some(),
+            None => TcpStream::connect(reach).await.is_ok(),
         };
         if ready {
             return Ok(app);
@@ -201,17 +229,17 @@ impl Drop for AppProcess {
     }
 }
 
-fn free_port() -> std::io::Result<u16> {
+/// A port free on this machine's loopback (for the app's `PORT`).
+pub fn free_port() -> std::io::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
 
-/// The status of `GET path` on 127.0.0.1:`port` (HTTP/1.1, connection closed after).
-async fn get_status(port: u16, path: &str) -> Option<u16> {
+/// The status of `GET path` at `addr` (HTTP/1.1, connection closed after).
+async fn get_status(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
     let probe = async {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         s.write_all(request.as_bytes()).await.ok()?;
         let mut head = [0u8; 32];
         let n = s.read(&mut head).await.ok()?;
@@ -261,16 +289,22 @@ http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever(
         let dir = tempfile::tempdir().expect("tmp");
         let log = dir.path().join("app.log");
         let env = vec![("FLUX_REPLAY".to_string(), "1".to_string())];
+        let port = free_port().expect("port");
         let app = start(
             &config(APP, Some("/health")),
             dir.path(),
             &env,
             &log,
             Duration::from_secs(20),
+            port,
+            None,
         )
         .await
         .expect("ready");
-        assert_eq!(get_status(app.port, "/health").await, Some(200));
+        assert_eq!(
+            get_status(([127, 0, 0, 1], app.port).into(), "/health").await,
+            Some(200)
+        );
         assert_eq!(
             std::fs::read_to_string(&log).expect("log").lines().next(),
             Some("hi 1")
@@ -315,6 +349,8 @@ http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever(
             &[],
             &log,
             Duration::from_secs(10),
+            free_port().expect("port"),
+            None,
         )
         .await
         .expect_err("exits");
@@ -326,6 +362,8 @@ http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever(
             &[],
             &log,
             Duration::from_millis(500),
+            free_port().expect("port"),
+            None,
         )
         .await
         .expect_err("never ready");

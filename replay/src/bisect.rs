@@ -5,6 +5,13 @@
 //! request's rows restored and the request replayed (the replay engine in [`crate::run`],
 //! each run stored under the commit's short hash), and judged: exit 0 (good), 1 (bad),
 //! 125 (skip: the build or the app's start failed).
+//!
+//! The default judge is what the request did, not how it was instrumented: its status,
+//! its root span's error, and its committed writes (table, operation, compared columns,
+//! noise excluded) against the good end's. The span tree is an opt-in criterion
+//! (`--fail-if spans-differ`), compared without sibling order and without spans that
+//! have no application meaning (framework middleware and routers): a commit that adds a
+//! middleware is not a bad commit.
 
 use std::io::{BufRead, Write as _};
 use std::path::{Path, PathBuf};
@@ -16,6 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{self, ConfigError};
 use crate::git::{self, Commit, GitError, Worktree};
+use crate::isolation::{Containment, Sandbox};
+use crate::judge::{self, Ignore, Write};
 use crate::run::{self, Options, ReplayError, Selection, VerdictView};
 
 /// Why a bisect could not run (exit status 2).
@@ -90,7 +99,19 @@ pub enum FailIf {
 }
 
 const FAIL_IF_SHAPES: &str =
-    "expected `status >= 500`, `span.NAME.duration > MS` or `span.NAME.error`";
+    "expected `status >= 500`, `span.NAME.duration > MS`, `span.NAME.error` or `spans-differ`";
+
+/// `--fail-if spans-differ`: the span tree is part of the criterion.
+pub const SPANS_DIFFER: &str = "spans-differ";
+
+/// How commits are judged, from `--fail-if` (absent: the default).
+pub fn criterion(fail_if: Option<&str>) -> Result<Criterion, BisectError> {
+    Ok(match fail_if.map(str::trim) {
+        None => Criterion::Writes(None),
+        Some(SPANS_DIFFER) => Criterion::Spans(None),
+        Some(f) => Criterion::FailIf(parse_fail_if(f)?),
+    })
+}
 
 /// Parses `--fail-if`.
 pub fn parse_fail_if(text: &str) -> Result<FailIf, BisectError> {
@@ -140,13 +161,22 @@ pub struct Observed {
     pub cause: Option<String>,
     /// Every span: name, duration (ns), failed.
     pub spans: Vec<(String, u64, bool)>,
-    /// The span tree's shape: `depth name` per span, depth first.
+    /// The span tree's shape without sibling order: the path of each span with
+    /// application meaning (names of such ancestors, ` > `-joined), sorted.
     pub signature: Vec<String>,
+    /// Its committed writes, in order.
+    pub writes: Vec<Write>,
 }
 
 impl Observed {
-    /// From a span tree and the replay's verdict.
-    pub fn new(tree: &Tree, status: Option<u16>, passing: bool, cause: Option<String>) -> Self {
+    /// From a span tree and the replay's verdict and writes.
+    pub fn new(
+        tree: &Tree,
+        status: Option<u16>,
+        passing: bool,
+        cause: Option<String>,
+        writes: Vec<Write>,
+    ) -> Self {
         let walk = tree.walk();
         Observed {
             status,
@@ -157,26 +187,103 @@ impl Observed {
                 .filter_map(|&(i, _)| tree.nodes.get(i))
                 .map(|n| (n.span.name.clone(), n.span.duration(), is_failed(&n.span)))
                 .collect(),
-            signature: walk
-                .iter()
-                .filter_map(|&(i, d)| tree.nodes.get(i).map(|n| format!("{d} {}", n.span.name)))
-                .collect(),
+            signature: signature(tree),
+            writes,
         }
     }
 }
 
-/// How commits are judged: `--fail-if`, or a success status with the good end's span
-/// signature.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Criterion {
-    /// `--fail-if`.
-    FailIf(FailIf),
-    /// Success status and, once the good end is known, its span tree shape.
-    Signature(Option<Vec<String>>),
+/// The tree's meaningful spans as sorted paths. A span has no application meaning when
+/// a framework's instrumentation marks it as middleware or routing (`express.type`,
+/// `koa.type`, `fastify.type`, `hapi.type`, `next.span_type` of those kinds; or named
+/// `middleware - …` / `router - …` / `request handler - …`): those come and go with
+/// framework versions and app set-up, not with what the request does.
+fn signature(tree: &Tree) -> Vec<String> {
+    let meaningful = |span: &flux_store::Span| {
+        let framework = ["express.type", "koa.type", "fastify.type", "hapi.type"]
+            .iter()
+            .filter_map(|k| span.attr(k))
+            .any(|t| {
+                matches!(
+                    t,
+                    "middleware"
+                        | "router"
+                        | "request_handler"
+                        | "router.middleware"
+                        | "hook"
+                        | "plugin"
+                        | "onion"
+                )
+            });
+        let name = span.name.to_ascii_lowercase();
+        let named = [
+            "middleware - ",
+            "router - ",
+            "request handler - ",
+            "middleware.",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p));
+        !framework && !named
+    };
+    let by_id: std::collections::HashMap<&str, usize> = tree
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.span.id.as_str(), i))
+        .collect();
+    let mut paths: Vec<String> = tree
+        .nodes
+        .iter()
+        .filter(|n| meaningful(&n.span))
+        .map(|n| {
+            let mut names = vec![n.span.name.clone()];
+            let mut parent = n.span.parent.as_deref();
+            let mut hops = 0;
+            while let Some(i) = parent.and_then(|p| by_id.get(p)) {
+                let Some(p) = tree.nodes.get(*i) else { break };
+                if meaningful(&p.span) {
+                    names.push(p.span.name.clone());
+                }
+                parent = p.span.parent.as_deref();
+                hops += 1;
+                if hops > tree.nodes.len() {
+                    break; // a cycle in a malformed trace
+                }
+            }
+            names.reverse();
+            names.join(" > ")
+        })
+        .collect();
+    paths.sort();
+    paths
 }
 
-/// Whether a commit passes under `criterion`, and why not.
-pub fn judge(criterion: &Criterion, seen: &Observed) -> Result<(), String> {
+/// How commits are judged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Criterion {
+    /// `--fail-if EXPR`.
+    FailIf(FailIf),
+    /// The default: a success status, no error on the request, and, once the good end
+    /// is known, its committed writes.
+    Writes(Option<Vec<Write>>),
+    /// `--fail-if spans-differ`: a success status, no error, and, once the good end is
+    /// known, its span tree (order and meaningless spans aside).
+    Spans(Option<Vec<String>>),
+}
+
+/// Whether a commit passes under `criterion`, and why not; writes are compared with
+/// `ignore` (`[replay] ignore` and the replay's noise).
+pub fn judge(criterion: &Criterion, seen: &Observed, ignore: &Ignore) -> Result<(), String> {
+    let failing = || {
+        let status = seen
+            .status
+            .map_or("no answer".to_string(), |s| format!("HTTP {s}"));
+        match &seen.cause {
+            Some(c) if *c != status => format!("{status}: {c}"),
+            _ => status,
+        }
+    };
     match criterion {
         Criterion::FailIf(f) => {
             let fails = match f {
@@ -198,36 +305,40 @@ pub fn judge(criterion: &Criterion, seen: &Observed) -> Result<(), String> {
                 Ok(())
             }
         }
-        Criterion::Signature(expected) => {
+        Criterion::Writes(good) => {
             if !seen.passing {
-                let status = seen
-                    .status
-                    .map_or("no answer".to_string(), |s| format!("HTTP {s}"));
-                return Err(match &seen.cause {
-                    Some(c) if *c != status => format!("{status}: {c}"),
-                    _ => status,
-                });
+                return Err(failing());
             }
-            match expected {
-                Some(good) if *good != seen.signature => {
-                    let at = good
-                        .iter()
-                        .zip(&seen.signature)
-                        .position(|(a, b)| a != b)
-                        .unwrap_or(good.len().min(seen.signature.len()));
-                    let name = |s: Option<&String>| {
-                        s.map_or("nothing".to_string(), |s| {
-                            s.split_once(' ').map_or(s.clone(), |(_, n)| n.to_string())
-                        })
-                    };
-                    Err(format!(
-                        "span tree differs from the good end's: {} where it had {}",
-                        name(seen.signature.get(at)),
-                        name(good.get(at))
-                    ))
+            let Some(good) = good else { return Ok(()) };
+            let outcome = |writes: &[Write]| judge::Outcome {
+                status: seen.status,
+                error: None,
+                writes: writes.to_vec(),
+                response: None,
+                window: None,
+            };
+            match judge::compare(&outcome(good), &outcome(&seen.writes), ignore).first {
+                Some(d) => Err(format!("writes differ from the good end's: {d}")),
+                None => Ok(()),
+            }
+        }
+        Criterion::Spans(good) => {
+            if !seen.passing {
+                return Err(failing());
+            }
+            let Some(good) = good else { return Ok(()) };
+            if *good == seen.signature {
+                return Ok(());
+            }
+            let missing = good.iter().find(|p| !seen.signature.contains(p));
+            let extra = seen.signature.iter().find(|p| !good.contains(p));
+            Err(match (missing, extra) {
+                (Some(m), _) => format!("span tree differs from the good end's: no {m}"),
+                (None, Some(e)) => format!("span tree differs from the good end's: an extra {e}"),
+                (None, None) => {
+                    "span tree differs from the good end's in how often a span occurs".into()
                 }
-                _ => Ok(()),
-            }
+            })
         }
     }
 }
@@ -256,6 +367,13 @@ pub struct Tested {
     pub request_ms: u64,
     /// Testing this commit, all told, ms.
     pub total_ms: u64,
+    /// It fails, but not as the bad end does (a different reason).
+    #[serde(default)]
+    pub unlike_bad_end: bool,
+    /// Stubbed calls answered from a span without a body (`METHOD host/path`): a
+    /// failure after one may be the app parsing an empty answer.
+    #[serde(default)]
+    pub bodiless: Vec<String>,
 }
 
 /// What the judge of one commit needs; written to a file for `git bisect run`'s child.
@@ -277,6 +395,12 @@ pub struct StepState {
     pub max_delay_ms: u64,
     /// Where each tested commit is appended (JSON lines).
     pub log: PathBuf,
+    /// Refuse to replay without a network namespace.
+    #[serde(default)]
+    pub require_isolation: bool,
+    /// Compare every value (`--strict`).
+    #[serde(default)]
+    pub strict: bool,
 }
 
 /// The environment variable naming the step state file.
@@ -305,6 +429,8 @@ pub async fn test_commit(state: &StepState, worktree: &Path) -> Result<Tested, B
         app_start_ms: times.1,
         request_ms: times.2,
         total_ms: began.elapsed().as_millis() as u64,
+        unlike_bad_end: false,
+        bodiless: Vec::new(),
     };
     if let Some(build) = &config.app.build {
         let building = std::time::Instant::now();
@@ -343,6 +469,9 @@ pub async fn test_commit(state: &StepState, worktree: &Path) -> Result<Tested, B
     options.app_dir = Some(app_dir);
     options.run = Some(c.short.clone());
     options.max_delay = Duration::from_millis(state.max_delay_ms);
+    options.require_isolation = state.require_isolation;
+    options.strict = state.strict;
+    let user_ignore = options.config.replay.ignore.clone();
     let report = match run::replay(options, &mut |_| {}).await {
         Ok(r) => r,
         Err(ReplayError::App(e)) => {
@@ -382,12 +511,16 @@ pub async fn test_commit(state: &StepState, worktree: &Path) -> Result<Tested, B
         }
         VerdictView::Passing { .. } => None,
     };
-    let seen = Observed::new(&tree, r.status, passing, cause);
+    let seen = Observed::new(&tree, r.status, passing, cause, r.now.writes.clone());
+    let ignore = Ignore::new(user_ignore.iter().map(String::as_str))
+        .with_noise(report.noise_columns.iter().map(String::as_str));
     let times = (build_ms, report.app_start_ms, r.duration_ms);
-    Ok(match judge(&state.criterion, &seen) {
+    let mut t = match judge(&state.criterion, &seen, &ignore) {
         Ok(()) => tested("passes", None, Some(seen), times),
         Err(why) => tested("fails", Some(why), Some(seen), times),
-    })
+    };
+    t.bodiless = r.bodiless.clone();
+    Ok(t)
 }
 
 fn first_line(s: &str) -> String {
@@ -462,6 +595,10 @@ pub struct Request {
     pub max_delay: Duration,
     /// The `flux` executable git runs as the judge.
     pub exe: PathBuf,
+    /// `--require-isolation`.
+    pub require_isolation: bool,
+    /// `--strict`.
+    pub strict: bool,
 }
 
 /// What happened as it happens.
@@ -475,6 +612,8 @@ pub enum Event {
         good: Commit,
         /// The bad end.
         bad: Commit,
+        /// How each commit's app is kept from live services.
+        containment: Containment,
     },
     /// A commit was tested.
     Tested(Tested),
@@ -501,6 +640,8 @@ pub struct Outcome {
     pub bad_run: Option<String>,
     /// The whole bisect, ms.
     pub elapsed_ms: u64,
+    /// How each commit's app was kept from live services.
+    pub containment: Containment,
 }
 
 /// Runs a bisect; `events` sees each step as it finishes.
@@ -569,16 +710,23 @@ pub async fn bisect(
     }
     let good_c = git::commit(&repo, &good)?;
     let bad_c = git::commit(&repo, &bad)?;
+    // Each commit's replay makes its own namespace; whether one can be made is the same
+    // for all of them, so it is known (and, with --require-isolation, demanded) up front.
+    let containment = match Sandbox::create() {
+        Ok(_) => Containment::Namespace,
+        Err(e) if req.require_isolation => {
+            return Err(BisectError::Replay(ReplayError::Isolation(e)))
+        }
+        Err(e) => Containment::Environment { why: e.to_string() },
+    };
     events(Event::Range {
         commits: git::count(&repo, &good, &bad)?,
         good: good_c.clone(),
         bad: bad_c.clone(),
+        containment: containment.clone(),
     });
 
-    let criterion = match &req.fail_if {
-        Some(f) => Criterion::FailIf(parse_fail_if(f)?),
-        None => Criterion::Signature(None),
-    };
+    let criterion = criterion(req.fail_if.as_deref())?;
     let temp = tempfile::Builder::new()
         .prefix("flux-bisect-")
         .tempdir()
@@ -593,6 +741,8 @@ pub async fn bisect(
         criterion,
         max_delay_ms: req.max_delay.as_millis() as u64,
         log: log.clone(),
+        require_isolation: req.require_isolation,
+        strict: req.strict,
     };
     let tree = Worktree::add(&repo, &temp.path().join("tree"), &good)?;
     let mut tested = Vec::new();
@@ -602,8 +752,16 @@ pub async fn bisect(
     good_t.role = Some("good end".into());
     events(Event::Tested(good_t.clone()));
     if good_t.verdict != "passes" {
+        // A failure after a call answered without a body is most likely the app
+        // parsing that empty answer: an older commit would fail the same way.
+        let advice = match good_t.bodiless.first() {
+            Some(call) if good_t.verdict == "fails" => format!(
+                "the stub answered {call} from its span, which keeps no body, and the app may have failed parsing the empty answer: give that call a body in flux.toml's [stubs] (\"{call}\" = {{ status = 200, body = '…' }})"
+            ),
+            _ => "give an older --good or --since".to_string(),
+        };
         return Err(BisectError::Usage(format!(
-            "the good end {} {} ({}): give an older --good or --since",
+            "the good end {} {} ({}): {advice}",
             good_c.short,
             if good_t.verdict == "fails" {
                 "fails too"
@@ -613,8 +771,12 @@ pub async fn bisect(
             good_t.reason.clone().unwrap_or_default()
         )));
     }
-    if let (Criterion::Signature(expected), Some(seen)) = (&mut state.criterion, &good_t.observed) {
-        *expected = Some(seen.signature.clone());
+    if let Some(seen) = &good_t.observed {
+        match &mut state.criterion {
+            Criterion::Writes(expected) => *expected = Some(seen.writes.clone()),
+            Criterion::Spans(expected) => *expected = Some(seen.signature.clone()),
+            Criterion::FailIf(_) => {}
+        }
     }
     tested.push(good_t);
     tree.checkout(&bad)?;
@@ -629,6 +791,7 @@ pub async fn bisect(
             bad_c.short
         )));
     }
+    let bad_reason = bad_t.reason.clone();
     tested.push(bad_t);
 
     // git's bisect, Flux judging each commit it picks.
@@ -670,7 +833,8 @@ pub async fn bisect(
             .skip(seen_lines)
         {
             seen_lines += 1;
-            if let Ok(t) = serde_json::from_str::<Tested>(&line) {
+            if let Ok(mut t) = serde_json::from_str::<Tested>(&line) {
+                t.unlike_bad_end = t.verdict == "fails" && t.reason != bad_reason;
                 events(Event::Tested(t.clone()));
                 tested.push(t);
             } else if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
@@ -736,6 +900,7 @@ pub async fn bisect(
         good_run,
         bad_run,
         elapsed_ms: began.elapsed().as_millis() as u64,
+        containment,
     })
 }
 
@@ -853,7 +1018,8 @@ mod tests {
                 .iter()
                 .map(|(n, d, e)| (n.to_string(), *d, *e))
                 .collect(),
-            signature: spans.iter().map(|(n, _, _)| format!("0 {n}")).collect(),
+            signature: spans.iter().map(|(n, _, _)| n.to_string()).collect(),
+            writes: Vec::new(),
         }
     }
 
@@ -861,48 +1027,153 @@ mod tests {
     fn fail_if_judges_status_durations_and_errors() {
         let slow = seen(Some(201), true, &[("charge", 6_000_000_000, false)]);
         let status = Criterion::FailIf(FailIf::Status(Cmp::Ge, 500.0));
-        assert!(judge(&status, &slow).is_ok());
-        assert!(judge(&status, &seen(Some(502), false, &[])).is_err());
+        assert!(judge(&status, &slow, &none()).is_ok());
+        assert!(judge(&status, &seen(Some(502), false, &[]), &none()).is_err());
         assert!(
-            judge(&status, &seen(None, false, &[])).is_err(),
+            judge(&status, &seen(None, false, &[]), &none()).is_err(),
             "no answer"
         );
         let duration = Criterion::FailIf(FailIf::Duration("charge".into(), Cmp::Gt, 5000.0));
-        assert_eq!(judge(&duration, &slow).unwrap_err(), "span charge too slow");
+        assert_eq!(
+            judge(&duration, &slow, &none()).unwrap_err(),
+            "span charge too slow"
+        );
         assert!(judge(
             &duration,
-            &seen(Some(201), true, &[("other", 9e9 as u64, false)])
+            &seen(Some(201), true, &[("other", 9e9 as u64, false)]),
+            &none()
         )
         .is_ok());
         let error = Criterion::FailIf(FailIf::Error("charge".into()));
-        assert!(judge(&error, &slow).is_ok());
-        assert!(judge(&error, &seen(Some(201), true, &[("charge", 1, true)])).is_err());
+        assert!(judge(&error, &slow, &none()).is_ok());
+        assert!(judge(
+            &error,
+            &seen(Some(201), true, &[("charge", 1, true)]),
+            &none()
+        )
+        .is_err());
+    }
+
+    fn write(table: &str, op: &str, row: serde_json::Value) -> Write {
+        Write {
+            table: table.into(),
+            op: op.into(),
+            row,
+        }
     }
 
     #[test]
-    fn without_fail_if_a_commit_passes_with_success_and_the_good_ends_span_tree() {
-        let good = seen(
+    fn by_default_a_commit_passes_with_success_and_the_good_ends_writes_noise_aside() {
+        let mut good = seen(
             Some(201),
             true,
             &[("gateway", 1, false), ("charge", 1, false)],
         );
-        let sig = Criterion::Signature(Some(good.signature.clone()));
-        assert!(judge(&sig, &good).is_ok());
-        assert!(judge(&Criterion::Signature(None), &good).is_ok());
+        good.writes = vec![write(
+            "transfers",
+            "INSERT",
+            serde_json::json!({"id": 1, "amount": 10, "updated_at": "t1"}),
+        )];
+        let criterion = Criterion::Writes(Some(good.writes.clone()));
+        let ignore = Ignore::new(["transfers.id"]).with_noise(["transfers.updated_at"]);
+        assert!(judge(&criterion, &good, &ignore).is_ok());
+        assert!(judge(&Criterion::Writes(None), &good, &ignore).is_ok());
+        // Instrumentation changes nothing: another span tree, same writes.
+        let mut rewired = good.clone();
+        rewired.signature = vec!["gateway".into(), "middleware - query".into()];
+        rewired.writes[0].row = serde_json::json!({"id": 9, "amount": 10, "updated_at": "t2"});
+        assert!(judge(&criterion, &rewired, &ignore).is_ok());
         let failing = seen(Some(500), false, &[("gateway", 1, true)]);
-        assert_eq!(judge(&sig, &failing).unwrap_err(), "HTTP 500: boom");
-        let changed = seen(
-            Some(201),
-            true,
-            &[("gateway", 1, false), ("refund", 1, false)],
+        assert_eq!(
+            judge(&criterion, &failing, &ignore).unwrap_err(),
+            "HTTP 500: boom"
+        );
+        let mut fee = good.clone();
+        fee.writes[0].row = serde_json::json!({"id": 1, "amount": 11, "updated_at": "t1"});
+        assert_eq!(
+            judge(&criterion, &fee, &ignore).unwrap_err(),
+            "writes differ from the good end's: write 1 (INSERT transfers): amount: 10 → 11"
+        );
+    }
+
+    fn node(
+        id: &str,
+        parent: Option<&str>,
+        name: &str,
+        attrs: &[(&str, &str)],
+    ) -> flux_store::Span {
+        flux_store::Span {
+            trace: "t".into(),
+            id: id.into(),
+            parent: parent.map(str::to_string),
+            name: name.into(),
+            kind: flux_store::SpanKind::Internal,
+            start: id.len() as u64,
+            end: 10,
+            error: None,
+            attributes: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            events: Vec::new(),
+            service: None,
+            source: flux_store::SpanSource::App,
+        }
+    }
+
+    #[test]
+    fn spans_differ_ignores_sibling_order_and_framework_middleware() {
+        let tree = |middleware: &[&str], calls: &[&str]| {
+            let mut spans = vec![node("r", None, "POST /transfers", &[])];
+            for (i, m) in middleware.iter().enumerate() {
+                spans.push(node(
+                    &format!("m{i}"),
+                    Some("r"),
+                    &format!("middleware - {m}"),
+                    &[("express.type", "middleware")],
+                ));
+            }
+            for (i, c) in calls.iter().enumerate() {
+                spans.push(node(&format!("c{i}"), Some("r"), c, &[]));
+            }
+            Tree::build(spans)
+        };
+        let good = signature(&tree(
+            &["query", "expressInit"],
+            &["POST", "pg.query:INSERT"],
+        ));
+        assert_eq!(
+            good,
+            vec![
+                "POST /transfers",
+                "POST /transfers > POST",
+                "POST /transfers > pg.query:INSERT"
+            ]
         );
         assert_eq!(
-            judge(&sig, &changed).unwrap_err(),
-            "span tree differs from the good end's: refund where it had charge"
+            signature(&tree(
+                &["expressInit", "query", "jsonParser"],
+                &["pg.query:INSERT", "POST"]
+            )),
+            good,
+            "middleware added and reordered, calls reordered: the same tree"
         );
-        let shorter = seen(Some(201), true, &[("gateway", 1, false)]);
-        assert!(judge(&sig, &shorter)
-            .unwrap_err()
-            .contains("nothing where it had charge"));
+        let criterion = Criterion::Spans(Some(good.clone()));
+        let mut changed = seen(Some(201), true, &[]);
+        changed.signature = signature(&tree(&[], &["pg.query:INSERT"]));
+        assert_eq!(
+            judge(&criterion, &changed, &Ignore::default()).unwrap_err(),
+            "span tree differs from the good end's: no POST /transfers > POST"
+        );
+        assert_eq!(criterion_of(Some(" spans-differ ")), Criterion::Spans(None));
+        assert_eq!(criterion_of(None), Criterion::Writes(None));
+    }
+
+    fn criterion_of(f: Option<&str>) -> Criterion {
+        criterion(f).expect("criterion")
+    }
+
+    fn none() -> Ignore {
+        Ignore::default()
     }
 }

@@ -4,11 +4,19 @@
 //! the original failed: `← was 500`), still failing, now failing (it passed before: a
 //! regression). A passing request whose writes or JSON response differ from the
 //! original's gets the first difference. Writes are compared by table, operation and
-//! order within the request; sequence-generated columns and `[replay] ignore` patterns
-//! (`table.column`, `*.column`) are left out, and so are JSON response keys of those names
-//! (new serial ids don't count).
+//! order within the request; `[replay] ignore` patterns (`table.column`, `*.column`) are
+//! left out, and so is noise ([`crate::noise`]: sequence and volatile-default columns,
+//! columns assigned volatile expressions, values generated during the request), unless
+//! `--strict`; JSON response keys of those names too (new serial ids don't count), and
+//! response values equal to a noise column's value in the same request's writes. What was
+//! let pass as noise is counted.
 
+use std::collections::HashSet;
+
+use flux_store::Nanos;
 use serde_json::Value;
+
+use crate::noise;
 
 /// What a request did, as far as judging needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,10 +29,12 @@ pub struct Outcome {
     pub writes: Vec<Write>,
     /// The response body, when it was JSON.
     pub response: Option<Value>,
+    /// When the request ran (ns since the epoch): values generated in it are noise.
+    pub window: Option<(Nanos, Nanos)>,
 }
 
 /// One row change.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Write {
     /// Table, as the store names it.
     pub table: String,
@@ -74,133 +84,244 @@ impl Verdict {
     }
 }
 
-/// Columns whose values do not count.
+/// Columns whose values do not count: `[replay] ignore`, and noise (left empty with
+/// `--strict`).
 #[derive(Debug, Clone, Default)]
 pub struct Ignore {
     patterns: Vec<(Option<String>, String)>,
+    noise: Vec<(Option<String>, String)>,
+    /// Whether generated values in responses (UUIDs, timestamps) are noise.
+    generated: bool,
+}
+
+/// `table.column` / `*.column` / `column` as (table, column). Tables are named as the
+/// store names them: `public.orders.x` and `orders.x` both name `orders`.
+fn pattern(p: &str) -> (Option<String>, String) {
+    let table = |t: &str| t.strip_prefix("public.").unwrap_or(t).to_string();
+    match p.rsplit_once('.') {
+        Some(("*", c)) => (None, c.to_string()),
+        Some((t, c)) => (Some(table(t)), c.to_string()),
+        None => (None, p.to_string()),
+    }
 }
 
 impl Ignore {
-    /// From `table.column` / `*.column` patterns (a bare `column` counts for every table),
-    /// plus sequence-generated columns. Tables are named as the store names them:
-    /// `public.orders.x` and `orders.x` both name `orders`.
+    /// From `table.column` / `*.column` patterns (a bare `column` counts for every
+    /// table): never compared, even with `--strict`.
     pub fn new<'a>(patterns: impl IntoIterator<Item = &'a str>) -> Self {
-        let table = |t: &str| t.strip_prefix("public.").unwrap_or(t).to_string();
         Self {
-            patterns: patterns
-                .into_iter()
-                .map(|p| match p.rsplit_once('.') {
-                    Some(("*", c)) => (None, c.to_string()),
-                    Some((t, c)) => (Some(table(t)), c.to_string()),
-                    None => (None, p.to_string()),
-                })
-                .collect(),
+            patterns: patterns.into_iter().map(pattern).collect(),
+            noise: Vec::new(),
+            generated: false,
         }
     }
 
-    fn column(&self, table: &str, column: &str) -> bool {
-        self.patterns
-            .iter()
+    /// Adds noise columns (same patterns), and treats generated response values as noise.
+    pub fn with_noise<'a>(mut self, columns: impl IntoIterator<Item = &'a str>) -> Self {
+        self.noise.extend(columns.into_iter().map(pattern));
+        self.generated = true;
+        self
+    }
+
+    fn matches(list: &[(Option<String>, String)], table: &str, column: &str) -> bool {
+        let table = table.strip_prefix("public.").unwrap_or(table);
+        list.iter()
             .any(|(t, c)| c == column && t.as_deref().is_none_or(|t| t == table))
     }
 
     fn key(&self, key: &str) -> bool {
         self.patterns.iter().any(|(_, c)| c == key)
     }
+
+    fn noise_key(&self, key: &str) -> bool {
+        self.noise.iter().any(|(_, c)| c == key)
+    }
 }
 
-/// Judges `replay` against `original`.
-pub fn judge(original: &Outcome, replay: &Outcome, ignore: &Ignore) -> Verdict {
+/// Comparing a replay with its original: the first difference, and how many differing
+/// values were let pass as noise.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Comparison {
+    /// The first real difference.
+    pub first: Option<String>,
+    /// Differing values treated as noise.
+    pub noise: usize,
+}
+
+/// Judges `replay` against `original`; with the number of values let pass as noise.
+pub fn judge(original: &Outcome, replay: &Outcome, ignore: &Ignore) -> (Verdict, usize) {
     match (original.passing(), replay.passing()) {
-        (false, true) => Verdict::Passing {
-            was: Some(match original.status {
-                Some(s) => s.to_string(),
-                None => original.cause(),
-            }),
-            differs: None,
-        },
-        (true, true) => Verdict::Passing {
-            was: None,
-            differs: first_difference(original, replay, ignore),
-        },
-        (false, false) => Verdict::StillFailing(replay.cause()),
-        (true, false) => Verdict::NowFailing(replay.cause()),
+        (false, true) => (
+            Verdict::Passing {
+                was: Some(match original.status {
+                    Some(s) => s.to_string(),
+                    None => original.cause(),
+                }),
+                differs: None,
+            },
+            0,
+        ),
+        (true, true) => {
+            let c = compare(original, replay, ignore);
+            (
+                Verdict::Passing {
+                    was: None,
+                    differs: c.first,
+                },
+                c.noise,
+            )
+        }
+        (false, false) => (Verdict::StillFailing(replay.cause()), 0),
+        (true, false) => (Verdict::NowFailing(replay.cause()), 0),
     }
 }
 
 /// The first way `replay`'s writes or JSON response differ from `original`'s.
 pub fn first_difference(original: &Outcome, replay: &Outcome, ignore: &Ignore) -> Option<String> {
+    compare(original, replay, ignore).first
+}
+
+/// Compares writes (in order) and then the JSON responses, all the way through (so the
+/// noise count covers everything), keeping the first real difference.
+pub fn compare(original: &Outcome, replay: &Outcome, ignore: &Ignore) -> Comparison {
+    let mut walk = Walk {
+        ignore,
+        noise: 0,
+        first: None,
+        values: (noise_values(original, ignore), noise_values(replay, ignore)),
+        windows: original.window.zip(replay.window),
+    };
     let n = original.writes.len().max(replay.writes.len());
     for i in 0..n {
         match (original.writes.get(i), replay.writes.get(i)) {
-            (Some(a), Some(b)) if a.table != b.table || a.op != b.op => {
-                return Some(format!(
-                    "write {}: {} {} was {} {}",
-                    i + 1,
-                    b.op,
-                    b.table,
-                    a.op,
-                    a.table
-                ))
-            }
-            (Some(a), Some(b)) => {
-                if let Some(d) = row_difference(&a.row, &b.row, &a.table, ignore) {
-                    return Some(format!("write {} ({} {}): {d}", i + 1, a.op, a.table));
-                }
-            }
+            (Some(a), Some(b)) if a.table != b.table || a.op != b.op => walk.differ(format!(
+                "write {}: {} {} was {} {}",
+                i + 1,
+                b.op,
+                b.table,
+                a.op,
+                a.table
+            )),
+            (Some(a), Some(b)) => walk.rows(
+                &a.row,
+                &b.row,
+                &a.table,
+                &format!("write {} ({} {})", i + 1, a.op, a.table),
+            ),
             (Some(a), None) => {
-                return Some(format!("write {} missing: {} {}", i + 1, a.op, a.table))
+                walk.differ(format!("write {} missing: {} {}", i + 1, a.op, a.table))
             }
-            (None, Some(b)) => return Some(format!("extra write {}: {} {}", i + 1, b.op, b.table)),
+            (None, Some(b)) => walk.differ(format!("extra write {}: {} {}", i + 1, b.op, b.table)),
             (None, None) => {}
         }
     }
-    match (&original.response, &replay.response) {
-        (Some(a), Some(b)) => json_difference(a, b, "$", ignore),
-        _ => None,
+    if let (Some(a), Some(b)) = (&original.response, &replay.response) {
+        walk.json(a, b, "$");
+    }
+    Comparison {
+        first: walk.first,
+        noise: walk.noise,
     }
 }
 
-fn row_difference(a: &Value, b: &Value, table: &str, ignore: &Ignore) -> Option<String> {
-    let (Value::Object(a), Value::Object(b)) = (a, b) else {
-        return (a != b).then(|| format!("{a} → {b}"));
-    };
-    let mut columns: Vec<&String> = a.keys().chain(b.keys()).collect();
-    columns.sort();
-    columns.dedup();
-    columns
-        .into_iter()
-        .filter(|c| !ignore.column(table, c))
-        .find_map(|c| {
-            let (x, y) = (a.get(c), b.get(c));
-            (x != y).then(|| format!("{c}: {} → {}", show(x), show(y)))
-        })
+/// The values a request wrote to noise columns (as JSON text): a response echoing one
+/// is echoing noise.
+fn noise_values(o: &Outcome, ignore: &Ignore) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for w in &o.writes {
+        if let Value::Object(row) = &w.row {
+            for (c, v) in row {
+                if Ignore::matches(&ignore.noise, &w.table, c) && !v.is_null() {
+                    out.insert(leaf(v));
+                }
+            }
+        }
+    }
+    out
 }
 
-fn json_difference(a: &Value, b: &Value, path: &str, ignore: &Ignore) -> Option<String> {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            keys.into_iter().filter(|k| !ignore.key(k)).find_map(|k| {
-                let p = format!("{path}.{k}");
-                match (x.get(k), y.get(k)) {
-                    (Some(v), Some(w)) => json_difference(v, w, &p, ignore),
-                    (v, w) => Some(format!("response {p}: {} → {}", show(v), show(w))),
-                }
-            })
-        }
-        (Value::Array(x), Value::Array(y)) => {
-            if x.len() != y.len() {
-                return Some(format!("response {path}: {} items → {}", x.len(), y.len()));
+/// A JSON leaf as comparable text (strings without their quotes).
+fn leaf(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+struct Walk<'a> {
+    ignore: &'a Ignore,
+    noise: usize,
+    first: Option<String>,
+    values: (HashSet<String>, HashSet<String>),
+    windows: Option<((Nanos, Nanos), (Nanos, Nanos))>,
+}
+
+impl Walk<'_> {
+    fn differ(&mut self, what: String) {
+        self.first.get_or_insert(what);
+    }
+
+    fn rows(&mut self, a: &Value, b: &Value, table: &str, at: &str) {
+        let (Value::Object(x), Value::Object(y)) = (a, b) else {
+            if a != b {
+                self.differ(format!("{at}: {a} → {b}"));
             }
-            x.iter()
-                .zip(y)
-                .enumerate()
-                .find_map(|(i, (v, w))| json_difference(v, w, &format!("{path}[{i}]"), ignore))
+            return;
+        };
+        let mut columns: Vec<&String> = x.keys().chain(y.keys()).collect();
+        columns.sort();
+        columns.dedup();
+        for c in columns {
+            let (v, w) = (x.get(c), y.get(c));
+            if v == w || Ignore::matches(&self.ignore.patterns, table, c) {
+                continue;
+            }
+            if Ignore::matches(&self.ignore.noise, table, c) {
+                self.noise += 1;
+                continue;
+            }
+            self.differ(format!("{at}: {c}: {} → {}", show(v), show(w)));
         }
-        _ => (a != b).then(|| format!("response {path}: {a} → {b}")),
+    }
+
+    fn json(&mut self, a: &Value, b: &Value, path: &str) {
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    if self.ignore.key(k) {
+                        continue;
+                    }
+                    let p = format!("{path}.{k}");
+                    match (x.get(k), y.get(k)) {
+                        (Some(v), Some(w)) if v != w && self.ignore.noise_key(k) => self.noise += 1,
+                        (Some(v), Some(w)) => self.json(v, w, &p),
+                        (v, w) => self.differ(format!("response {p}: {} → {}", show(v), show(w))),
+                    }
+                }
+            }
+            (Value::Array(x), Value::Array(y)) => {
+                if x.len() != y.len() {
+                    self.differ(format!("response {path}: {} items → {}", x.len(), y.len()));
+                    return;
+                }
+                for (i, (v, w)) in x.iter().zip(y).enumerate() {
+                    self.json(v, w, &format!("{path}[{i}]"));
+                }
+            }
+            _ if a == b => {}
+            _ if self.ignore.generated && self.is_noise(a, b) => self.noise += 1,
+            _ => self.differ(format!("response {path}: {a} → {b}")),
+        }
+    }
+
+    /// Two differing leaves that echo noise the requests wrote, or were generated in them.
+    fn is_noise(&self, a: &Value, b: &Value) -> bool {
+        let (a, b) = (leaf(a), leaf(b));
+        (self.values.0.contains(&a) && self.values.1.contains(&b))
+            || noise::generated(&a, &b, self.windows)
     }
 }
 
@@ -219,6 +340,7 @@ mod tests {
             error: None,
             writes,
             response,
+            window: None,
         }
     }
 
@@ -237,22 +359,22 @@ mod tests {
         failed.error = Some("payments timeout after 1s".into());
         let none = Ignore::default();
         assert_eq!(
-            judge(&failed, &ok, &none),
+            judge(&failed, &ok, &none).0,
             Verdict::Passing {
                 was: Some("500".into()),
                 differs: None
             }
         );
         assert_eq!(
-            judge(&failed, &failed, &none),
+            judge(&failed, &failed, &none).0,
             Verdict::StillFailing("payments timeout after 1s".into())
         );
         assert_eq!(
-            judge(&ok, &failed, &none),
+            judge(&ok, &failed, &none).0,
             Verdict::NowFailing("payments timeout after 1s".into())
         );
         assert_eq!(
-            judge(&ok, &ok, &none),
+            judge(&ok, &ok, &none).0,
             Verdict::Passing {
                 was: None,
                 differs: None
@@ -264,7 +386,7 @@ mod tests {
 
     #[test]
     fn writes_differ_by_table_op_order_and_values_but_not_ignored_columns() {
-        let ignore = Ignore::new(["orders.id", "*.updated_at"]);
+        let ignore = Ignore::new(["orders.id"]).with_noise(["*.updated_at"]);
         let a = outcome(
             200,
             vec![

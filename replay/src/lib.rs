@@ -4,13 +4,16 @@
 //! - [`bisect`]: `flux bug bisect`, git's bisect in a temporary worktree ([`git`]) with a
 //!   replay of the request judging each commit.
 //! - [`app`]: the app under replay, started in its own process group and always stopped.
+//! - [`isolation`]: the network namespace the app runs in, where every outbound
+//!   connection goes to the stub, and [`dns`]: its resolver (every name resolves).
 //! - [`config`]: `flux.toml`, found like `.git` (this directory or a parent).
 //! - [`window`]: the time windows `flux incident replay` takes (`14:00..14:05`, `-30m..`).
 //! - [`restore`]: the scratch database put back to the committed state at the window's
 //!   start for every row the selected requests wrote.
 //! - [`stub`]: outbound calls answered from the original request's CLIENT spans, and
 //!   [`outbound`]: the HTTP/CONNECT stub server that plays those answers.
-//! - [`judge`]: verdicts and the first difference between a replay and its original.
+//! - [`judge`]: verdicts and the first difference between a replay and its original, with
+//!   [`noise`]: what differs on every run by construction (clocks, generated ids).
 
 // Library code never panics on what it is given: errors are returned, not unwrapped.
 #![cfg_attr(
@@ -21,8 +24,11 @@
 pub mod app;
 pub mod bisect;
 pub mod config;
+pub mod dns;
 pub mod git;
+pub mod isolation;
 pub mod judge;
+pub mod noise;
 pub mod outbound;
 pub mod restore;
 pub mod run;

@@ -1,7 +1,15 @@
-//! The outbound stub the app's `HTTP_PROXY`/`HTTPS_PROXY` point at during a replay: plain
-//! HTTP proxy requests (absolute-form) and `CONNECT` tunnels, whose TLS it terminates with
-//! a certificate for the requested host signed by a CA generated for the run (its PEM is
-//! handed to the app as `SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, `NODE_EXTRA_CA_CERTS`).
+//! The outbound stub that answers the app's calls during a replay. It takes them two ways:
+//!
+//! - transparently, inside the app's network namespace ([`crate::isolation`]), where every
+//!   outbound TCP connection is redirected to it: plain HTTP (host from `Host`), TLS
+//!   (terminated with a certificate for the SNI name), and anything else refused and
+//!   listed in the report (SMTP, Redis, AMQP, another database: nothing to answer it with);
+//! - as the proxy the app's `HTTP_PROXY`/`HTTPS_PROXY` point at, when there is no
+//!   namespace: plain HTTP proxy requests (absolute-form) and `CONNECT` tunnels.
+//!
+//! TLS is terminated with a certificate for the requested host signed by a CA generated
+//! for the run (its PEM is handed to the app as `SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`,
+//! `NODE_EXTRA_CA_CERTS`).
 //! Each call is answered by the [`Matcher`] of the request being replayed: the recorded
 //! status after the recorded delay, a recorded timeout held until the app gives up, a
 //! reset closed, a fixture, or a 502 naming the miss. Nothing leaves the machine.
@@ -18,10 +26,16 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::dns::SharedNames;
+use crate::isolation::{self, Sandbox};
 use crate::stub::{Answer, Failure, Matcher};
+
+/// How long a redirected connection may stay silent before it counts as a protocol that
+/// waits for the server to speak first (SMTP, FTP, MySQL): refused.
+const FIRST_BYTES_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
@@ -53,6 +67,15 @@ struct State {
     pass_through: Mutex<Vec<SocketAddr>>,
     /// Answers for the requests being replayed, by their (fresh) trace id.
     matchers: Mutex<HashMap<String, Matcher>>,
+    /// The names the sandbox's resolver handed out (transparent mode).
+    names: Option<SharedNames>,
+    /// Connections refused while no request was in flight, each with the replayed
+    /// request that answered last before it (none: the app starting up).
+    refused_outside: Mutex<Vec<(Option<String>, String)>>,
+    /// The request whose answers were taken last.
+    last_taken: Mutex<Option<String>>,
+    /// Redirected connections not yet served or refused.
+    pending: std::sync::atomic::AtomicUsize,
 }
 
 struct Ca {
@@ -62,8 +85,31 @@ struct Ca {
 }
 
 impl Outbound {
-    /// Starts the stub on a free loopback port, writing the run's CA to `dir/ca.pem`.
+    /// Starts the stub as an HTTP proxy on a free loopback port, writing the run's CA to
+    /// `dir/ca.pem`.
     pub async fn start(dir: &Path) -> Result<Outbound, OutboundError> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::serve(dir, listener, None).await
+    }
+
+    /// Starts the stub inside `sandbox`, on [`isolation::STUB_PORT`], where the sandbox's
+    /// rules redirect every outbound connection; `names` maps the resolver's addresses
+    /// back to the names looked up.
+    pub async fn start_in(
+        dir: &Path,
+        sandbox: &Sandbox,
+        names: SharedNames,
+    ) -> Result<Outbound, OutboundError> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], isolation::STUB_PORT));
+        let listener = TcpListener::from_std(sandbox.listen(addr)?)?;
+        Self::serve(dir, listener, Some(names)).await
+    }
+
+    async fn serve(
+        dir: &Path,
+        listener: TcpListener,
+        names: Option<SharedNames>,
+    ) -> Result<Outbound, OutboundError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params
@@ -77,6 +123,7 @@ impl Outbound {
         let cert = params.self_signed(&key)?;
         let ca_file = dir.join("ca.pem");
         std::fs::write(&ca_file, cert.pem())?;
+        let transparent = names.is_some();
         let state = Arc::new(State {
             ca: Ca {
                 der: cert.der().to_vec(),
@@ -85,11 +132,19 @@ impl Outbound {
             },
             matchers: Mutex::new(HashMap::new()),
             pass_through: Mutex::new(Vec::new()),
+            names,
+            refused_outside: Mutex::new(Vec::new()),
+            last_taken: Mutex::new(None),
+            pending: std::sync::atomic::AtomicUsize::new(0),
         });
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(accept(listener, state.clone(), shutdown.clone()));
+        tokio::spawn(accept(
+            listener,
+            state.clone(),
+            shutdown.clone(),
+            transparent,
+        ));
         Ok(Outbound {
             addr,
             ca_file,
@@ -112,11 +167,27 @@ impl Outbound {
     /// Takes back a request's matcher after it finished (with the calls it could not
     /// answer).
     pub fn take(&self, trace: &str) -> Option<Matcher> {
+        *self
+            .state
+            .last_taken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(trace.to_string());
         self.state
             .matchers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(trace)
+    }
+
+    /// Waits (up to 2 s) until every redirected connection was served or refused: an app
+    /// that connects right after answering (a receipt by e-mail) is still listed.
+    pub async fn settle(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while self.state.pending.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// Forwards plain-HTTP calls addressed to `addr` instead of stubbing them (Flux's own
@@ -127,6 +198,17 @@ impl Outbound {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(addr);
+    }
+
+    /// Connections refused while no single request was in flight (the app starting up,
+    /// after a request answered, or several requests at once), each with the replayed
+    /// request that had answered last.
+    pub fn refused_outside(&self) -> Vec<(Option<String>, String)> {
+        self.state
+            .refused_outside
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The proxy URL for the app's environment.
@@ -141,7 +223,12 @@ impl Drop for Outbound {
     }
 }
 
-async fn accept(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
+async fn accept(
+    listener: TcpListener,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+    transparent: bool,
+) {
     loop {
         let tcp = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -151,7 +238,103 @@ async fn accept(listener: TcpListener, state: Arc<State>, shutdown: Cancellation
             },
         };
         let state = state.clone();
-        tokio::spawn(serve(TokioIo::new(tcp), state, None));
+        if transparent {
+            tokio::spawn(redirected(tcp, state));
+        } else {
+            tokio::spawn(serve(TokioIo::new(tcp), state, None));
+        }
+    }
+}
+
+/// A connection the sandbox redirected here: served as HTTP or TLS when it is one,
+/// refused (and listed against the request in flight) when it is not.
+async fn redirected(tcp: TcpStream, state: Arc<State>) {
+    state
+        .pending
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let _settled = Settled(state.clone());
+    // Whose connection this is, decided when it is made (deciding after the wait below
+    // would give a receipt sent after one request's answer to the next request).
+    let owner = state.owner();
+    let destination = match isolation::original_destination(&tcp) {
+        Some(d) => state.describe(d),
+        None => "an unknown destination".to_string(),
+    };
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(FIRST_BYTES_WAIT, tcp.peek(&mut first)).await;
+    match peeked {
+        Ok(Ok(1)) if first[0] == 0x16 => {
+            let start = match tokio_rustls::LazyConfigAcceptor::new(
+                rustls::server::Acceptor::default(),
+                tcp,
+            )
+            .await
+            {
+                Ok(start) => start,
+                Err(e) => {
+                    state.refuse(owner.clone(), &destination, &format!("a TLS handshake that failed: {e}"));
+                    return;
+                }
+            };
+            // The name the client asked for; else the one the resolver gave its address.
+            let host = start
+                .client_hello()
+                .server_name()
+                .map(str::to_string)
+                .unwrap_or_else(|| host_of(&destination));
+            let tls = match state.ca.leaf(&host) {
+                Ok(tls) => tls,
+                Err(e) => {
+                    state.refuse(owner.clone(), &destination, &format!("no certificate for {host}: {e}"));
+                    return;
+                }
+            };
+            if let Ok(stream) = start.into_stream(tls).await {
+                serve(TokioIo::new(stream), state, Some(host)).await;
+            }
+        }
+        Ok(Ok(1)) if first[0].is_ascii_uppercase() => {
+            serve(TokioIo::new(tcp), state, None).await;
+        }
+        Ok(Ok(_)) => {
+            let mut head = [0u8; 16];
+            let n = tcp.peek(&mut head).await.unwrap_or(0);
+            let shown: String = head
+                .get(..n)
+                .unwrap_or_default()
+                .iter()
+                .map(|b| match b {
+                    b' '..=b'~' => char::from(*b).to_string(),
+                    _ => format!("\\x{b:02x}"),
+                })
+                .collect();
+            state.refuse(owner.clone(), &destination, &format!("not HTTP (it began {shown:?})"));
+        }
+        Ok(Err(e)) => state.refuse(owner.clone(), &destination, &format!("a connection that failed: {e}")),
+        Err(_) => state.refuse(
+            owner,
+            &destination,
+            "a protocol where the server speaks first (no request within 500 ms: SMTP, FTP, MySQL…)",
+        ),
+    }
+}
+
+/// Counts a redirected connection as decided when dropped (served, refused or failed).
+struct Settled(Arc<State>);
+
+impl Drop for Settled {
+    fn drop(&mut self) {
+        self.0
+            .pending
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The host part of `host:port` (IPv6 in brackets kept whole).
+fn host_of(destination: &str) -> String {
+    match destination.rsplit_once(':') {
+        Some((host, _)) => host.to_string(),
+        None => destination.to_string(),
     }
 }
 
@@ -342,6 +525,57 @@ async fn handle(
                 "flux replay stub: no recording and no [stubs] fixture for {method} {host}{path}\n"
             ),
         )),
+    }
+}
+
+impl State {
+    /// `name:port` for a redirected connection's original destination: the name the
+    /// sandbox's resolver gave that address, else the address.
+    fn describe(&self, destination: SocketAddr) -> String {
+        let name = match (&self.names, destination.ip()) {
+            (Some(names), std::net::IpAddr::V4(v4)) => names
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .name(v4)
+                .map(str::to_string),
+            _ => None,
+        };
+        match name {
+            Some(name) => format!("{name}:{}", destination.port()),
+            None => destination.to_string(),
+        }
+    }
+
+    /// The request a connection made now belongs to: the one in flight (with
+    /// `--concurrency 1`, the only one), else the one that answered last (`None` before
+    /// any: the app starting up).
+    fn owner(&self) -> Option<String> {
+        let matchers = self.matchers.lock().unwrap_or_else(|p| p.into_inner());
+        if matchers.len() == 1 {
+            return matchers.keys().next().cloned();
+        }
+        drop(matchers);
+        self.last_taken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records a refused connection against `owner` (see [`State::owner`]): in its
+    /// answers while they are out, else in the list the report reads afterwards.
+    fn refuse(&self, owner: Option<String>, destination: &str, why: &str) {
+        let text = format!("TCP to {destination}: {why}");
+        let mut matchers = self.matchers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = owner.as_ref().and_then(|o| matchers.get_mut(o)) {
+            m.refused.push(text);
+            return;
+        }
+        drop(matchers);
+        tracing::info!(connection = %text, "replay: refused a connection the app made outside a request");
+        self.refused_outside
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((owner, text));
     }
 }
 

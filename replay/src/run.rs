@@ -21,7 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, AppError};
 use crate::config::Config;
+use crate::dns::{self, SharedNames};
+use crate::isolation::{Containment, IsolationError, Sandbox};
 use crate::judge::{self, Ignore, Outcome, Verdict, Write};
+use crate::noise::Catalog;
 use crate::outbound::{Outbound, OutboundError};
 use crate::restore::{self, RestoreError};
 use crate::stub::Matcher;
@@ -59,6 +62,10 @@ pub struct Options {
     pub max_delay: Duration,
     /// How long the app gets to become ready.
     pub ready_timeout: Duration,
+    /// Refuse to run without a network namespace for the app (`--require-isolation`).
+    pub require_isolation: bool,
+    /// Compare everything: no value is noise (`--strict`).
+    pub strict: bool,
 }
 
 impl Options {
@@ -73,6 +80,8 @@ impl Options {
             concurrency: 1,
             max_delay: Duration::from_secs(30),
             ready_timeout: Duration::from_secs(60),
+            require_isolation: false,
+            strict: false,
         }
     }
 }
@@ -137,6 +146,10 @@ pub enum ReplayError {
     /// The outbound stub.
     #[error(transparent)]
     Outbound(#[from] OutboundError),
+    /// `--require-isolation`, and no network namespace could be made; or setting one up
+    /// failed.
+    #[error("side effects cannot be contained: {0}")]
+    Isolation(#[from] IsolationError),
     /// Binding a port, creating a directory.
     #[error("{what}: {source}")]
     Io {
@@ -154,6 +167,8 @@ pub enum Progress {
     Selected {
         /// How many will be replayed.
         requests: usize,
+        /// How the app's side effects are kept in.
+        containment: Containment,
     },
     /// The app is ready.
     Ready,
@@ -189,6 +204,18 @@ pub struct Replayed {
     pub verdict: VerdictView,
     /// Outbound calls the stub had no answer for.
     pub misses: Vec<String>,
+    /// Connections the sandbox refused (not HTTP), with the span that made them when the
+    /// replay's record shows one.
+    pub refused: Vec<String>,
+    /// Stubbed calls answered from a span, without a body (a client that parses the
+    /// answer sees an empty one): `METHOD host/path`.
+    pub bodiless: Vec<String>,
+    /// Differing values let pass as noise (generated ids, clocks; 0 with `--strict`).
+    pub noise: usize,
+    /// What the replay did (status, error, committed writes, response), for bisect's
+    /// judge.
+    #[serde(skip)]
+    pub now: Outcome,
     /// The replay's root cause, whole (the verdict's is one line).
     pub error: Option<String>,
 }
@@ -280,6 +307,13 @@ pub struct Report {
     pub elapsed_ms: u64,
     /// Where the app's output went.
     pub app_log: PathBuf,
+    /// How the app's side effects were kept in.
+    pub containment: Containment,
+    /// Connections refused before any request was answered (the app starting up).
+    pub refused: Vec<String>,
+    /// The noise columns the comparison left out (`table.column` patterns; empty with
+    /// `--strict`).
+    pub noise_columns: Vec<String>,
 }
 
 impl Report {
@@ -332,8 +366,17 @@ pub async fn replay(
         source,
     })?;
     let (chosen, skipped, start) = select(&store, &options)?;
+    let (sandbox, containment) = match Sandbox::create() {
+        Ok(s) => (Some(s), Containment::Namespace),
+        Err(e) if options.require_isolation => return Err(e.into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "no network namespace for the app: side effects are NOT contained");
+            (None, Containment::Environment { why: e.to_string() })
+        }
+    };
     progress(Progress::Selected {
         requests: chosen.len(),
+        containment: containment.clone(),
     });
 
     // The scratch database: never the recorded one; rows back to their state at `start`.
@@ -355,11 +398,13 @@ pub async fn replay(
             })?;
     let conn = tokio::spawn(connection);
     let applied = restore::apply(&mut client, &plan).await?;
-    let mut ignore_patterns = config.replay.ignore.clone();
-    ignore_patterns.extend(sequence_columns(&client).await);
+    let catalog = if options.strict {
+        Catalog::default()
+    } else {
+        Catalog::read(&client).await
+    };
     drop(client);
     conn.abort();
-    let ignore = Ignore::new(ignore_patterns.iter().map(String::as_str));
 
     // The run's store and the services the app talks to.
     let app_dir = options
@@ -384,8 +429,34 @@ pub async fn replay(
         source,
     })?;
     let services = Services::start(&run_dir, scratch).await?;
-    let outbound = Outbound::start(&run_dir).await?;
+    let names: SharedNames = Arc::default();
+    let outbound = match &sandbox {
+        Some(sb) => Outbound::start_in(&run_dir, sb, names.clone()).await?,
+        None => Outbound::start(&run_dir).await?,
+    };
     outbound.pass_through(services.otlp);
+    let port = app::free_port().map_err(|source| ReplayError::Io {
+        what: "picking a port for the app".into(),
+        source,
+    })?;
+    if let Some(sb) = &sandbox {
+        // Inside: Flux's services on their own ports, the resolver, then the rules that
+        // send everything else to the stub.
+        sb.bridge_in(services.proxy, services.shutdown.clone())?;
+        sb.bridge_in(services.otlp, services.shutdown.clone())?;
+        let resolver = sb
+            .udp(SocketAddr::from((
+                [127, 0, 0, 1],
+                crate::isolation::DNS_PORT,
+            )))
+            .and_then(tokio::net::UdpSocket::from_std)
+            .map_err(|source| IsolationError::Io {
+                what: "starting the resolver".into(),
+                source,
+            })?;
+        tokio::spawn(dns::serve(resolver, names, services.shutdown.clone()));
+        sb.contain(&[services.proxy.port(), services.otlp.port(), port])?;
+    }
 
     let mut env = vec![
         ("DATABASE_URL".to_string(), services.database_url.clone()),
@@ -402,21 +473,25 @@ pub async fn replay(
             ("OTEL_BSP_SCHEDULE_DELAY".to_string(), "100".to_string()),
         );
     }
-    for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-        env.push((var.to_string(), outbound.url()));
+    if sandbox.is_none() {
+        env.extend(proxy_environment(config, &outbound, services.otlp));
     }
-    // Only Flux's own receiver bypasses the stub (the stub forwards it anyway, for
-    // clients that ignore ports here).
-    let own = format!("{0},localhost:{1}", services.otlp, services.otlp.port());
-    env.push(("NO_PROXY".to_string(), own.clone()));
-    env.push(("no_proxy".to_string(), own));
     let ca = outbound.ca_file.display().to_string();
     for var in ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"] {
         env.push((var.to_string(), ca.clone()));
     }
     let app_log = run_dir.join("app.log");
     let app_began = Instant::now();
-    let app = app::start(config, &app_dir, &env, &app_log, options.ready_timeout).await?;
+    let app = app::start(
+        config,
+        &app_dir,
+        &env,
+        &app_log,
+        options.ready_timeout,
+        port,
+        sandbox.as_ref(),
+    )
+    .await?;
     let app_start_ms = app_began.elapsed().as_millis() as u64;
     progress(Progress::Ready);
 
@@ -424,8 +499,28 @@ pub async fn replay(
     let sent = send_all(&chosen, gateway, &outbound, &options, progress).await;
     progress(Progress::Collecting);
     wait_for_records(&services.store, &chosen, &sent).await;
+    outbound.settle().await;
+    let outside = outbound.refused_outside();
     app.stop(Duration::from_secs(5)).await;
 
+    // Noise: the catalog's columns, and columns the original's or the replay's
+    // statements assign volatile expressions.
+    let ignore = Ignore::new(config.replay.ignore.iter().map(String::as_str));
+    let mut columns = Vec::new();
+    let ignore = if options.strict {
+        ignore
+    } else {
+        columns = catalog.columns.clone();
+        for id in chosen.iter().map(|c| (&store, c.id.as_str())).chain(
+            sent.iter()
+                .map(|s| (services.store.as_ref(), s.trace.as_str())),
+        ) {
+            for statement in id.0.request_statements(id.1).unwrap_or_default() {
+                columns.extend(catalog.assigned(&statement.sql));
+            }
+        }
+        ignore.with_noise(columns.iter().map(String::as_str))
+    };
     let mut results = Vec::with_capacity(chosen.len());
     for (c, s) in chosen.iter().zip(&sent) {
         let now =
@@ -441,9 +536,27 @@ pub async fn replay(
         };
         let now = Outcome {
             error: error.clone().map(|e| one_line(&e)),
+            window: Some((s.at, s.at + s.elapsed.as_nanos() as u64)),
             ..now
         };
-        let verdict = judge::judge(&c.original, &now, &ignore);
+        let (verdict, noise) = judge::judge(&c.original, &now, &ignore);
+        // Made during the request, or after it answered and before the next was sent.
+        let after = outside
+            .iter()
+            .filter(|(last, _)| last.as_deref() == Some(s.trace.as_str()))
+            .map(|(_, r)| (r, " after the request answered"));
+        let refused = s
+            .refused
+            .iter()
+            .map(|r| (r, ""))
+            .chain(after)
+            .map(
+                |(r, when)| match refusing_span(&services.store, &s.trace, r) {
+                    Some(span) => format!("{r}{when} (span {span})"),
+                    None => format!("{r}{when}"),
+                },
+            )
+            .collect();
         results.push(Replayed {
             request: c.id.clone(),
             replay: s.trace.clone(),
@@ -454,6 +567,10 @@ pub async fn replay(
             duration_ms: s.elapsed.as_millis() as u64,
             verdict: verdict.into(),
             misses: s.misses.clone(),
+            refused,
+            bodiless: s.bodiless.clone(),
+            noise,
+            now,
             error,
         });
     }
@@ -482,6 +599,13 @@ pub async fn replay(
         app_start_ms,
         elapsed_ms: began.elapsed().as_millis() as u64,
         app_log,
+        containment,
+        refused: outside
+            .into_iter()
+            .filter(|(last, _)| last.is_none())
+            .map(|(_, r)| r)
+            .collect(),
+        noise_columns: columns,
     })
 }
 
@@ -562,6 +686,7 @@ fn select(
         let original = outcome_of(store, &id, exchange.status, body).map_err(read)?;
         let original = Outcome {
             error: original.error.map(|e| one_line(&e)),
+            window: Some((exchange.at, exchange.at + exchange.duration)),
             ..original
         };
         if sel.failed_only && original.passing() {
@@ -654,6 +779,7 @@ fn outcome_of(
         error,
         writes,
         response,
+        window: None,
     })
 }
 
@@ -766,26 +892,58 @@ fn via_proxy(url: &str, addr: SocketAddr) -> String {
     u.to_string()
 }
 
-/// Columns filled from sequences or identities on the scratch database (`table.column`):
-/// new values there do not count as differences.
-async fn sequence_columns(client: &tokio_postgres::Client) -> Vec<String> {
-    let sql = "SELECT table_schema, table_name, column_name FROM information_schema.columns \
-               WHERE column_default LIKE 'nextval(%' OR is_identity = 'YES'";
-    match client.query(sql, &[]).await {
-        Ok(rows) => rows
-            .iter()
-            .filter_map(|r| {
-                let schema: String = r.try_get(0).ok()?;
-                let table: String = r.try_get(1).ok()?;
-                let column: String = r.try_get(2).ok()?;
-                Some(format!("{schema}.{table}.{column}"))
-            })
-            .collect(),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not read which columns come from sequences; their new values will count as differences");
-            Vec::new()
-        }
+/// The fallback without a namespace: every proxy setting clients commonly honour points
+/// at the stub (Flux's own receiver excepted). Clients that ignore them reach live
+/// services; the report says so.
+fn proxy_environment(
+    config: &Config,
+    outbound: &Outbound,
+    otlp: SocketAddr,
+) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+        env.push((var.to_string(), outbound.url()));
     }
+    // Only Flux's own receiver bypasses the stub (the stub forwards it anyway, for
+    // clients that ignore ports here).
+    let own = format!("{0},localhost:{1}", otlp, otlp.port());
+    env.push(("NO_PROXY".to_string(), own.clone()));
+    env.push(("no_proxy".to_string(), own));
+    // Node 24+ honours the variables above only when asked to.
+    env.push(("NODE_USE_ENV_PROXY".to_string(), "1".to_string()));
+    // Java's URLConnection and HttpClient read system properties; an empty
+    // nonProxyHosts sends loopback calls to the stub too (it forwards Flux's own).
+    let (host, port) = (outbound.addr.ip(), outbound.addr.port());
+    let mut java = format!(
+        "-Dhttp.proxyHost={host} -Dhttp.proxyPort={port} -Dhttps.proxyHost={host} -Dhttps.proxyPort={port} -Dhttp.nonProxyHosts="
+    );
+    if let Some(own) = config.app.env.get("JAVA_TOOL_OPTIONS") {
+        java = format!("{own} {java}");
+    }
+    env.push(("JAVA_TOOL_OPTIONS".to_string(), java));
+    env
+}
+
+/// The span of the replay `trace` that made a refused connection (`TCP to HOST:PORT: …`):
+/// a span naming that port (`server.port`, `net.peer.port`), preferring one that also
+/// names the host.
+fn refusing_span(store: &Store, trace: &str, refused: &str) -> Option<String> {
+    let destination = refused.strip_prefix("TCP to ")?.split(": ").next()?;
+    let (host, port) = destination.rsplit_once(':')?;
+    let tree = store.trace(trace).ok()?;
+    let on_port = |n: &&flux_store::trace::Node| {
+        n.span.attr_any(&["server.port", "net.peer.port"]) == Some(port)
+    };
+    let named = |n: &&flux_store::trace::Node| {
+        n.span.attr_any(&["server.address", "net.peer.name"]) == Some(host)
+    };
+    let candidates: Vec<&flux_store::trace::Node> = tree.nodes.iter().filter(on_port).collect();
+    candidates
+        .iter()
+        .copied()
+        .find(named)
+        .or(candidates.first().copied())
+        .map(|n| n.span.name.clone())
 }
 
 /// Where run `run`'s record is, under the recording's data dir.
@@ -845,6 +1003,8 @@ struct Services {
     store: Arc<Store>,
     writer: Option<flux_store::Writer>,
     otlp: SocketAddr,
+    /// The replay proxy's address.
+    proxy: SocketAddr,
     database_url: String,
     sink: Arc<flux_recorder::StoreSink>,
     shutdown: CancellationToken,
@@ -912,6 +1072,7 @@ impl Services {
             store,
             writer: Some(writer),
             otlp,
+            proxy: proxy_addr,
             database_url: via_proxy(scratch, proxy_addr),
             sink,
             shutdown,
@@ -966,12 +1127,16 @@ impl Drop for Services {
 /// One request as sent.
 struct Sent {
     trace: String,
+    /// When it was sent (ns since the epoch).
+    at: Nanos,
     status: Option<u16>,
     body: Option<Vec<u8>>,
     /// Why there is no answer (the app closed the connection, the wait ran out).
     failure: Option<String>,
     elapsed: Duration,
     misses: Vec<String>,
+    refused: Vec<String>,
+    bodiless: Vec<String>,
 }
 
 /// Sends every chosen input to the gateway, `concurrency` at a time, in recorded order.
@@ -995,6 +1160,7 @@ async fn send_all(
             let trace = flux_ingest::gateway::random_hex(16);
             outbound.set(&trace, c.matcher.clone());
             async move {
+                let at = flux_store::nanos(std::time::SystemTime::now());
                 let began = Instant::now();
                 let result =
                     tokio::time::timeout(limit, send_one(&client, gateway, &c.exchange, &trace))
@@ -1008,20 +1174,26 @@ async fn send_all(
                         Some(format!("no answer from the app within {limit:?}")),
                     ),
                 };
-                (i, trace, status, body, failure, began.elapsed())
+                (i, trace, at, status, body, failure, began.elapsed())
             }
         })
         .buffered(options.concurrency.max(1));
-    while let Some((i, trace, status, body, failure, elapsed)) = answers.next().await {
-        let misses = outbound.take(&trace).map(|m| m.misses).unwrap_or_default();
+    while let Some((i, trace, at, status, body, failure, elapsed)) = answers.next().await {
+        let (misses, refused, bodiless) = outbound
+            .take(&trace)
+            .map(|m| (m.misses, m.refused, m.bodiless))
+            .unwrap_or_default();
         if let Some(slot) = sent.get_mut(i) {
             *slot = Some(Sent {
                 trace,
+                at,
                 status,
                 body,
                 failure,
                 elapsed,
                 misses,
+                refused,
+                bodiless,
             });
         }
         done += 1;

@@ -79,6 +79,11 @@ pub struct Matcher {
     max_delay: Duration,
     /// Calls that had no answer: `METHOD host/path`.
     pub misses: Vec<String>,
+    /// Connections the sandbox's stub refused (not HTTP: SMTP, Redis, another database…).
+    pub refused: Vec<String>,
+    /// Calls answered with a recorded status but no body (spans keep none, and no
+    /// `[stubs]` fixture gave one): `METHOD host/path`.
+    pub bodiless: Vec<String>,
 }
 
 impl Matcher {
@@ -99,6 +104,8 @@ impl Matcher {
             fixtures,
             max_delay,
             misses: Vec::new(),
+            refused: Vec::new(),
+            bodiless: Vec::new(),
         }
     }
 
@@ -119,11 +126,15 @@ impl Matcher {
             let delay = r.duration.min(self.max_delay);
             match (r.status, r.failure) {
                 (Some(status), _) => {
+                    if fixture.is_none() {
+                        self.bodiless
+                            .push(format!("{} {host}{path}", method.to_ascii_uppercase()));
+                    }
                     return Answer::Recorded {
                         status,
                         delay,
                         body: fixture.map(|f| f.body.clone()),
-                    }
+                    };
                 }
                 (None, Some(Failure::Timeout)) => {
                     return Answer::Fail {

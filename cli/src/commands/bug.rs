@@ -46,7 +46,9 @@ pub struct BisectArgs {
     until: Option<String>,
 
     /// When a commit counts as bad: `status >= 500`, `span.NAME.duration > MS`,
-    /// `span.NAME.error` (default: a failing status or a span tree unlike the good end's).
+    /// `span.NAME.error`, `spans-differ` (the span tree unlike the good end's, sibling
+    /// order and framework middleware aside). Default: a failing status, an error on the
+    /// request, or committed writes unlike the good end's.
     #[arg(long, value_name = "EXPR")]
     fail_if: Option<String>,
 
@@ -96,16 +98,21 @@ fn run_bisect(args: BisectArgs) -> anyhow::Result<ExitCode> {
         database: args.setup.database,
         max_delay: args.setup.max_delay,
         exe: std::env::current_exe().context("finding the flux executable")?,
+        require_isolation: args.setup.require_isolation,
+        strict: args.setup.strict,
     };
-    if let Some(f) = &req.fail_if {
-        bisect::parse_fail_if(f)?;
-    }
+    bisect::criterion(req.fail_if.as_deref())?;
     let mut on_event = |e: Event| {
         if !text {
             return;
         }
         match e {
-            Event::Range { commits, good, bad } => {
+            Event::Range {
+                commits,
+                good,
+                bad,
+                containment,
+            } => {
                 out!();
                 out!(
                     "  Bisecting {commits} commit{} ({}..{})…",
@@ -113,6 +120,9 @@ fn run_bisect(args: BisectArgs) -> anyhow::Result<ExitCode> {
                     good.date,
                     bad.date
                 );
+                for line in super::incident::side_effects(&containment) {
+                    out!("  {line}");
+                }
                 out!();
             }
             Event::Tested(t) => out!("{}", tested_line(&t)),
@@ -159,6 +169,9 @@ fn tested_line(t: &Tested) -> String {
         .map(|r| format!("   ({r})"))
         .unwrap_or_default();
     let why = match (t.verdict.as_str(), &t.reason) {
+        ("fails", Some(r)) if t.unlike_bad_end => {
+            format!("   {r}   (not the bad end's failure)")
+        }
         ("fails", Some(r)) => format!("   {r}"),
         _ => String::new(),
     };

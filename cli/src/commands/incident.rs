@@ -10,6 +10,7 @@ use anyhow::Context;
 use chrono::{Local, NaiveDate, TimeZone};
 use clap::{Args, Subcommand};
 use flux_replay::config;
+use flux_replay::isolation::{Containment, BYPASSING_CLIENTS};
 use flux_replay::run::{self, Options, Progress, Report, Selection, VerdictView};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -31,7 +32,7 @@ pub enum IncidentCommand {
 pub struct ReplayArgs {
     /// The window, local time: 14:00..14:05 (today, or --date), 2026-03-10T14:00..2026-03-10T14:05,
     /// -30m.. (until now), ..now (everything recorded).
-    #[arg(required_unless_present = "requests")]
+    #[arg(required_unless_present = "requests", allow_hyphen_values = true)]
     window: Option<String>,
 
     /// A request to replay (id or unique prefix; repeatable), with or without a window.
@@ -84,6 +85,18 @@ pub struct Setup {
     /// Output format: text (default) or json.
     #[arg(long, value_enum, default_value = "text")]
     pub format: ReplayFormat,
+
+    /// Refuse to run unless the app can run in its own network namespace, where no
+    /// outbound connection can reach a live service (needs root or CAP_SYS_ADMIN +
+    /// CAP_NET_ADMIN, and the ip and nft commands).
+    #[arg(long)]
+    pub require_isolation: bool,
+
+    /// Compare every value: nothing counts as noise (sequence and volatile-default
+    /// columns, columns set from now()/gen_random_uuid(), generated ids and timestamps in
+    /// responses). [replay] ignore still applies.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// `--format`.
@@ -153,6 +166,8 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     options.concurrency = args.concurrency.max(1);
     options.max_delay = args.setup.max_delay;
     options.ready_timeout = args.ready_timeout;
+    options.require_isolation = args.setup.require_isolation;
+    options.strict = args.setup.strict;
     let scratch = run::hide_password(&options.config.replay.database);
     let text = args.setup.format == ReplayFormat::Text;
 
@@ -170,7 +185,10 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         )
     });
     let mut on_progress = |p: Progress| match p {
-        Progress::Selected { requests } => {
+        Progress::Selected {
+            requests,
+            containment,
+        } => {
             if text {
                 bar.suspend(|| {
                     out!();
@@ -180,7 +198,9 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                         window_text.as_deref().unwrap_or("")
                     );
                     out!();
-                    out!("  Side-effects: outbound HTTP stubbed from the recording · FLUX_REPLAY=1 (the app's cue: e-mail, cron, queues off)");
+                    for line in side_effects(&containment) {
+                        out!("  {line}");
+                    }
                     out!("  Database writes: on ({scratch}) · mutation log: on");
                     out!();
                 });
@@ -227,6 +247,20 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The header's lines on side effects: what contained them, or, loudly, that nothing did.
+pub(crate) fn side_effects(containment: &Containment) -> Vec<String> {
+    match containment {
+        Containment::Namespace => vec![
+            "Side-effects: contained · the app runs in its own network namespace: every outbound connection goes to the stub (HTTP answered from the recording, anything else refused), DNS answered by Flux · FLUX_REPLAY=1".into(),
+        ],
+        Containment::Environment { why } => vec![
+            "Side-effects: NOT CONTAINED · outbound HTTP is stubbed only for clients that honour HTTP(S)_PROXY, NODE_USE_ENV_PROXY or Java's proxy properties · FLUX_REPLAY=1".into(),
+            format!("  !! these may reach live services: {BYPASSING_CLIENTS}"),
+            format!("  !! no network namespace: {why} (--require-isolation refuses to run like this)"),
+        ],
+    }
+}
+
 /// Replay and bisect run the replay proxy, gateway and stub in-process next to the app:
 /// two workers.
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -271,6 +305,18 @@ fn render(report: &Report) {
         for miss in &r.misses {
             out!("     ↳ no recording or [stubs] fixture for {miss} (answered 502)");
         }
+        for refused in &r.refused {
+            out!("     ⊘ refused {refused}");
+        }
+        if r.verdict.failing() && !r.bodiless.is_empty() {
+            out!(
+                "     ↳ answered from a span, which keeps no body: {}; if the app parses that answer, give it one in flux.toml's [stubs]",
+                r.bodiless.join(", ")
+            );
+        }
+    }
+    for refused in &report.refused {
+        out!("  ⊘ refused while the app started: {refused}");
     }
     for s in &report.skipped {
         out!(
@@ -294,6 +340,13 @@ fn render(report: &Report) {
     }
     if !report.skipped.is_empty() {
         summary.push_str(&format!(" · {} skipped", report.skipped.len()));
+    }
+    let noise: usize = report.results.iter().map(|r| r.noise).sum();
+    if noise > 0 {
+        summary.push_str(&format!(
+            " · {noise} value{} treated as noise (clocks, generated ids; --strict compares them)",
+            if noise == 1 { "" } else { "s" }
+        ));
     }
     out!("{summary}");
     if !report.failing() {
