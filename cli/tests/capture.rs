@@ -373,7 +373,7 @@ async fn concurrent_writers_committed_history_folds_to_final_table() {
             let mut rng = Rng(worker * 7919 + 17);
             let mut ops = 0;
             while ops < 250 {
-                let explicit = rng.next() % 2 == 0;
+                let explicit = rng.next().is_multiple_of(2);
                 let n = if explicit { 1 + rng.next() % 4 } else { 1 };
                 let plan: Vec<(&str, i32, i32)> = (0..n)
                     .map(|_| {
@@ -403,7 +403,7 @@ async fn concurrent_writers_committed_history_folds_to_final_table() {
                         break;
                     }
                 }
-                if failed || rng.next() % 5 == 0 {
+                if failed || rng.next().is_multiple_of(5) {
                     tx.rollback().await.expect("rollback");
                 } else {
                     tx.commit().await.expect("commit");
