@@ -7,29 +7,14 @@
 //! leaves the checkout untouched too; a good end that fails stops it with exit 2.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{call, flux, flux_json, python, scratch_database, shop, ShopStack};
+use common::{call, flux, flux_json, git, python, scratch_database, shop, ShopStack};
 use flux_integration_tests::pg::{Options, PgCluster};
 use flux_integration_tests::process::{signal, wait_exit};
-
-fn git(repo: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(args)
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 fn commit(repo: &Path, message: &str) -> String {
     git(repo, &["add", "-A"]);

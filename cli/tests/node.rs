@@ -5,32 +5,16 @@
 //! check times out, and a passing one. Needs node and the example's packages
 //! (`./dev setup` installs them; FLUX_EXAMPLE_NODE_MODULES overrides where).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{call, flux, flux_json, wait_port, Running};
+use common::{call, flux, flux_json, node_modules, transfer as example, wait_port, Running};
 use flux_integration_tests::pg::{free_port, Options, PgCluster, DB, PASSWORD, USER};
 use flux_integration_tests::process::start_proxy;
 use serde_json::Value;
-
-fn example() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/transfer")
-}
-
-fn node_modules() -> PathBuf {
-    let dir = std::env::var_os("FLUX_EXAMPLE_NODE_MODULES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/flux-example-node/node_modules"));
-    assert!(
-        dir.join("@opentelemetry/sdk-node").is_dir(),
-        "the Node example's packages ({}) are missing: run ./dev setup, or set FLUX_EXAMPLE_NODE_MODULES",
-        dir.display()
-    );
-    dir
-}
 
 fn flux_text(data: &Path, args: &[&str]) -> String {
     let out = flux()

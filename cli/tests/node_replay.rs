@@ -16,7 +16,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,26 +24,13 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{call, flux, flux_json, wait_port, Running};
+use common::{
+    call, flux, flux_json, git, node_modules, scratch_database_named, transfer as example,
+    wait_port, Running,
+};
 use flux_integration_tests::pg::{free_port, Options, PgCluster, DB, PASSWORD, USER};
 use flux_integration_tests::process::start_proxy;
 use serde_json::Value;
-
-fn example() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/transfer")
-}
-
-fn node_modules() -> PathBuf {
-    let dir = std::env::var_os("FLUX_EXAMPLE_NODE_MODULES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/flux-example-node/node_modules"));
-    assert!(
-        dir.join("@opentelemetry/sdk-node").is_dir(),
-        "the Node example's packages ({}) are missing: run ./dev setup, or set FLUX_EXAMPLE_NODE_MODULES",
-        dir.display()
-    );
-    dir
-}
 
 /// An SMTP server's first move (its greeting), counting every connection it gets.
 fn smtp_listener() -> (u16, Arc<AtomicUsize>) {
@@ -89,19 +76,8 @@ impl Stack {
         let pg = PgCluster::start(Options::default());
         let schema = std::fs::read_to_string(example().join("schema.sql")).expect("schema");
         pg.admin_sql(&schema);
-        pg.admin_sql("CREATE DATABASE transfer_scratch");
-        let pg_port = pg
-            .url()
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.split('/').next().map(str::to_string))
-            .expect("port");
-        let scratch = format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{pg_port}/transfer_scratch");
-        let (client, conn) = tokio_postgres::connect(&scratch, tokio_postgres::NoTls)
-            .await
-            .expect("scratch");
-        tokio::spawn(conn);
-        client.batch_execute(&schema).await.expect("scratch schema");
-
+        let (scratch, _) =
+            scratch_database_named(&pg, "transfer_scratch", &example().join("schema.sql")).await;
         let data = common::private_tempdir();
         let (port, otlp, fraud, app, gateway) = (
             free_port(),
@@ -385,21 +361,6 @@ async fn replay_reaches_no_live_service_and_shows_only_real_differences() {
     );
     assert_eq!(stack.smtp.1.load(Ordering::SeqCst), smtp_before);
     drop(stack.pg);
-}
-
-fn git(repo: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(args)
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn commit(repo: &Path, message: &str, edit: impl FnOnce(&str) -> String) -> String {

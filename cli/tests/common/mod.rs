@@ -58,6 +58,41 @@ pub fn shop() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop")
 }
 
+/// The Node example's directory (examples/transfer).
+pub fn transfer() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/transfer")
+}
+
+/// The Node example's packages: `FLUX_EXAMPLE_NODE_MODULES`, else
+/// /var/tmp/flux-example-node/node_modules (`./dev setup` installs them).
+pub fn node_modules() -> PathBuf {
+    let dir = std::env::var_os("FLUX_EXAMPLE_NODE_MODULES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/flux-example-node/node_modules"));
+    assert!(
+        dir.join("@opentelemetry/sdk-node").is_dir(),
+        "the Node example's packages ({}) are missing: run ./dev setup, or set FLUX_EXAMPLE_NODE_MODULES",
+        dir.display()
+    );
+    dir
+}
+
+/// `git -C repo ARGS…`, asserted to succeed; its trimmed stdout.
+pub fn git(repo: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// One HTTP request with curl-free std I/O; returns the status code.
 pub fn call(port: u16, method: &str, path: &str, body: &str) -> u16 {
     use std::io::{Read, Write};
@@ -195,15 +230,25 @@ impl Drop for ShopStack {
 pub async fn scratch_database(
     pg: &flux_integration_tests::pg::PgCluster,
 ) -> (String, tokio_postgres::Client) {
+    scratch_database_named(pg, "shop_scratch", &shop().join("schema.sql")).await
+}
+
+/// Creates database `name` beside the recorded one with the schema in `schema`: its URL,
+/// and a client connected to it.
+pub async fn scratch_database_named(
+    pg: &flux_integration_tests::pg::PgCluster,
+    name: &str,
+    schema: &Path,
+) -> (String, tokio_postgres::Client) {
     use flux_integration_tests::pg::{PASSWORD, USER};
-    let schema = std::fs::read_to_string(shop().join("schema.sql")).expect("schema");
-    pg.admin_sql("CREATE DATABASE shop_scratch");
+    let schema = std::fs::read_to_string(schema).expect("schema");
+    pg.admin_sql(&format!("CREATE DATABASE {name}"));
     let port = pg
         .url()
         .rsplit_once(':')
         .and_then(|(_, p)| p.split('/').next().map(str::to_string))
         .expect("port");
-    let url = format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{port}/shop_scratch");
+    let url = format!("postgres://{USER}:{PASSWORD}@127.0.0.1:{port}/{name}");
     let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .expect("connect to the scratch database");
