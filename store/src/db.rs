@@ -274,7 +274,25 @@ impl Store {
                 });
             }
         }
-        let db = DB::open_cf_as_secondary(&opts, path, scratch.path(), FAMILIES).map_err(rocks)?;
+        // The writer may compact (retention does, every second) while a secondary opens:
+        // a table file listed in the manifest it read can be gone by the time it opens it
+        // (`IO error: No such file or directory … .sst`). The next attempt reads the newer
+        // manifest; a handful of tries, then the error as it is.
+        let mut attempt = 0;
+        let db = loop {
+            match DB::open_cf_as_secondary(&opts, path, scratch.path(), FAMILIES) {
+                Ok(db) => break db,
+                Err(e)
+                    if attempt < 5
+                        && e.kind() == rocksdb::ErrorKind::IOError
+                        && e.to_string().contains("No such file or directory") =>
+                {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20 * attempt));
+                }
+                Err(e) => return Err(rocks(e)),
+            }
+        };
         let store = Store {
             db,
             path: path.to_path_buf(),
