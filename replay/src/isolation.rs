@@ -29,6 +29,8 @@ use rustix::thread::{LinkNameSpaceType, UnshareFlags};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::dns::SharedNames;
+
 /// The outbound stub's port inside the namespace: below 1024, so never a port the app is
 /// given (Flux picks those from the ephemeral range).
 pub const STUB_PORT: u16 = 999;
@@ -62,6 +64,40 @@ impl Containment {
 /// report's header when side effects are not contained).
 pub const BYPASSING_CLIENTS: &str = "Node's http/https before Node 24 (and any client that ignores HTTP_PROXY), \
 Java clients that ignore the proxy properties, most gRPC clients, raw TCP (SMTP, Redis, AMQP, other databases)";
+
+/// The fallback without a namespace: every proxy setting clients commonly honour points
+/// at the stub (`stub`), Flux's own receiver (`own`) excepted. Clients that ignore them
+/// reach live services; the report says so. `java_options`: the app's own
+/// `JAVA_TOOL_OPTIONS`, kept in front.
+pub fn proxy_environment(
+    stub: SocketAddr,
+    own: SocketAddr,
+    java_options: Option<&str>,
+) -> Vec<(String, String)> {
+    let url = format!("http://{stub}");
+    let mut env: Vec<(String, String)> = ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"]
+        .iter()
+        .map(|var| (var.to_string(), url.clone()))
+        .collect();
+    // Only Flux's own receiver bypasses the stub (the stub forwards it anyway, for
+    // clients that ignore ports here).
+    let no_proxy = format!("{own},localhost:{}", own.port());
+    env.push(("NO_PROXY".to_string(), no_proxy.clone()));
+    env.push(("no_proxy".to_string(), no_proxy));
+    // Node 24+ honours the variables above only when asked to.
+    env.push(("NODE_USE_ENV_PROXY".to_string(), "1".to_string()));
+    // Java's URLConnection and HttpClient read system properties; an empty
+    // nonProxyHosts sends loopback calls to the stub too (it forwards Flux's own).
+    let (host, port) = (stub.ip(), stub.port());
+    let mut java = format!(
+        "-Dhttp.proxyHost={host} -Dhttp.proxyPort={port} -Dhttps.proxyHost={host} -Dhttps.proxyPort={port} -Dhttp.nonProxyHosts="
+    );
+    if let Some(own) = java_options {
+        java = format!("{own} {java}");
+    }
+    env.push(("JAVA_TOOL_OPTIONS".to_string(), java));
+    env
+}
 
 /// Why no sandbox could be made.
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +245,11 @@ impl Sandbox {
 
     /// Makes `command` run inside the namespace.
     pub fn enter(&self, command: &mut tokio::process::Command) {
+        self.enter_std(command.as_std_mut());
+    }
+
+    fn enter_std(&self, command: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
         let fd = self.ns.as_raw_fd();
         // SAFETY: setns is async-signal-safe, and the descriptor stays open in the child
         // until exec (the sandbox outlives the spawn).
@@ -219,6 +260,32 @@ impl Sandbox {
                     .map_err(io::Error::from)
             });
         }
+    }
+
+    /// Readies the namespace for the app: Flux's `services` bridged in on their ports,
+    /// the resolver answering from `names`, then the rules (the services' ports and
+    /// `app_port` exempt). All of it stops with `shutdown`.
+    pub fn prepare(
+        &self,
+        services: &[SocketAddr],
+        app_port: u16,
+        names: SharedNames,
+        shutdown: &CancellationToken,
+    ) -> Result<(), IsolationError> {
+        for service in services {
+            self.bridge_in(*service, shutdown.clone())?;
+        }
+        let resolver = self
+            .udp(SocketAddr::from((Ipv4Addr::LOCALHOST, DNS_PORT)))
+            .and_then(tokio::net::UdpSocket::from_std)
+            .map_err(|source| IsolationError::Io {
+                what: "starting the resolver".into(),
+                source,
+            })?;
+        tokio::spawn(crate::dns::serve(resolver, names, shutdown.clone()));
+        let mut exempt: Vec<u16> = services.iter().map(SocketAddr::port).collect();
+        exempt.push(app_port);
+        self.contain(&exempt)
     }
 
     /// Makes Flux's service at `host` (in Flux's own namespace) reachable inside the
@@ -278,13 +345,11 @@ impl Sandbox {
         stdin: Option<&str>,
     ) -> Result<(), IsolationError> {
         use std::io::Write;
-        use std::os::unix::process::CommandExt;
         let shown = format!("{} {}", program.display(), args.join(" "));
         let failed = |detail: String| IsolationError::Setup {
             command: shown.clone(),
             detail,
         };
-        let fd = self.ns.as_raw_fd();
         let mut cmd = std::process::Command::new(program);
         cmd.args(args)
             .stdin(if stdin.is_some() {
@@ -294,14 +359,7 @@ impl Sandbox {
             })
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        // SAFETY: as in `enter`.
-        unsafe {
-            cmd.pre_exec(move || {
-                let ns = BorrowedFd::borrow_raw(fd);
-                rustix::thread::move_into_link_name_space(ns, Some(LinkNameSpaceType::Network))
-                    .map_err(io::Error::from)
-            });
-        }
+        self.enter_std(&mut cmd);
         let mut child = cmd.spawn().map_err(|e| failed(e.to_string()))?;
         if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
             input

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dns::SharedNames;
 use crate::isolation::{self, Sandbox};
-use crate::stub::{Answer, Failure, Matcher};
+use crate::stub::{Answer, Failure, Matcher, Refusal};
 
 /// How long a redirected connection may stay silent before it counts as a protocol that
 /// waits for the server to speak first (SMTP, FTP, MySQL): refused.
@@ -71,7 +71,7 @@ struct State {
     names: Option<SharedNames>,
     /// Connections refused while no request was in flight, each with the replayed
     /// request that answered last before it (none: the app starting up).
-    refused_outside: Mutex<Vec<(Option<String>, String)>>,
+    refused_outside: Mutex<Vec<(Option<String>, Refusal)>>,
     /// The request whose answers were taken last.
     last_taken: Mutex<Option<String>>,
     /// Redirected connections not yet served or refused.
@@ -203,7 +203,7 @@ impl Outbound {
     /// Connections refused while no single request was in flight (the app starting up,
     /// after a request answered, or several requests at once), each with the replayed
     /// request that had answered last.
-    pub fn refused_outside(&self) -> Vec<(Option<String>, String)> {
+    pub fn refused_outside(&self) -> Vec<(Option<String>, Refusal)> {
         self.state
             .refused_outside
             .lock()
@@ -258,7 +258,7 @@ async fn redirected(tcp: TcpStream, state: Arc<State>) {
     let owner = state.owner();
     let destination = match isolation::original_destination(&tcp) {
         Some(d) => state.describe(d),
-        None => "an unknown destination".to_string(),
+        None => ("an unknown destination".to_string(), 0),
     };
     let mut first = [0u8; 1];
     let peeked = tokio::time::timeout(FIRST_BYTES_WAIT, tcp.peek(&mut first)).await;
@@ -281,7 +281,7 @@ async fn redirected(tcp: TcpStream, state: Arc<State>) {
                 .client_hello()
                 .server_name()
                 .map(str::to_string)
-                .unwrap_or_else(|| host_of(&destination));
+                .unwrap_or_else(|| destination.0.clone());
             let tls = match state.ca.leaf(&host) {
                 Ok(tls) => tls,
                 Err(e) => {
@@ -327,14 +327,6 @@ impl Drop for Settled {
         self.0
             .pending
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// The host part of `host:port` (IPv6 in brackets kept whole).
-fn host_of(destination: &str) -> String {
-    match destination.rsplit_once(':') {
-        Some((host, _)) => host.to_string(),
-        None => destination.to_string(),
     }
 }
 
@@ -529,9 +521,9 @@ async fn handle(
 }
 
 impl State {
-    /// `name:port` for a redirected connection's original destination: the name the
-    /// sandbox's resolver gave that address, else the address.
-    fn describe(&self, destination: SocketAddr) -> String {
+    /// The host and port of a redirected connection's original destination: the name
+    /// the sandbox's resolver gave that address, else the address.
+    fn describe(&self, destination: SocketAddr) -> (String, u16) {
         let name = match (&self.names, destination.ip()) {
             (Some(names), std::net::IpAddr::V4(v4)) => names
                 .lock()
@@ -540,10 +532,10 @@ impl State {
                 .map(str::to_string),
             _ => None,
         };
-        match name {
-            Some(name) => format!("{name}:{}", destination.port()),
-            None => destination.to_string(),
-        }
+        (
+            name.unwrap_or_else(|| destination.ip().to_string()),
+            destination.port(),
+        )
     }
 
     /// The request a connection made now belongs to: the one in flight (with
@@ -563,19 +555,23 @@ impl State {
 
     /// Records a refused connection against `owner` (see [`State::owner`]): in its
     /// answers while they are out, else in the list the report reads afterwards.
-    fn refuse(&self, owner: Option<String>, destination: &str, why: &str) {
-        let text = format!("TCP to {destination}: {why}");
+    fn refuse(&self, owner: Option<String>, destination: &(String, u16), why: &str) {
+        let refusal = Refusal {
+            host: destination.0.clone(),
+            port: destination.1,
+            why: why.to_string(),
+        };
         let mut matchers = self.matchers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = owner.as_ref().and_then(|o| matchers.get_mut(o)) {
-            m.refused.push(text);
+            m.refused.push(refusal);
             return;
         }
         drop(matchers);
-        tracing::info!(connection = %text, "replay: refused a connection the app made outside a request");
+        tracing::info!(connection = %refusal, "replay: refused a connection the app made outside a request");
         self.refused_outside
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((owner, text));
+            .push((owner, refusal));
     }
 }
 

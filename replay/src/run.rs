@@ -21,13 +21,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, AppError};
 use crate::config::Config;
-use crate::dns::{self, SharedNames};
-use crate::isolation::{Containment, IsolationError, Sandbox};
+use crate::dns::SharedNames;
+use crate::isolation::{self, Containment, IsolationError, Sandbox};
 use crate::judge::{self, Ignore, Outcome, Verdict, Write};
 use crate::noise::Catalog;
 use crate::outbound::{Outbound, OutboundError};
 use crate::restore::{self, RestoreError};
-use crate::stub::Matcher;
+use crate::stub::{Matcher, Refusal};
 use crate::window::Window;
 
 /// Which recorded requests to replay.
@@ -440,22 +440,12 @@ pub async fn replay(
         source,
     })?;
     if let Some(sb) = &sandbox {
-        // Inside: Flux's services on their own ports, the resolver, then the rules that
-        // send everything else to the stub.
-        sb.bridge_in(services.proxy, services.shutdown.clone())?;
-        sb.bridge_in(services.otlp, services.shutdown.clone())?;
-        let resolver = sb
-            .udp(SocketAddr::from((
-                [127, 0, 0, 1],
-                crate::isolation::DNS_PORT,
-            )))
-            .and_then(tokio::net::UdpSocket::from_std)
-            .map_err(|source| IsolationError::Io {
-                what: "starting the resolver".into(),
-                source,
-            })?;
-        tokio::spawn(dns::serve(resolver, names, services.shutdown.clone()));
-        sb.contain(&[services.proxy.port(), services.otlp.port(), port])?;
+        sb.prepare(
+            &[services.proxy, services.otlp],
+            port,
+            names,
+            &services.shutdown,
+        )?;
     }
 
     let mut env = vec![
@@ -474,7 +464,11 @@ pub async fn replay(
         );
     }
     if sandbox.is_none() {
-        env.extend(proxy_environment(config, &outbound, services.otlp));
+        env.extend(isolation::proxy_environment(
+            outbound.addr,
+            services.otlp,
+            config.app.env.get("JAVA_TOOL_OPTIONS").map(String::as_str),
+        ));
     }
     let ca = outbound.ca_file.display().to_string();
     for var in ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"] {
@@ -511,11 +505,12 @@ pub async fn replay(
         ignore
     } else {
         columns = catalog.columns.clone();
-        for id in chosen.iter().map(|c| (&store, c.id.as_str())).chain(
-            sent.iter()
-                .map(|s| (services.store.as_ref(), s.trace.as_str())),
-        ) {
-            for statement in id.0.request_statements(id.1).unwrap_or_default() {
+        let originals = chosen.iter().map(|c| (&store, c.id.as_str()));
+        let replays = sent
+            .iter()
+            .map(|s| (services.store.as_ref(), s.trace.as_str()));
+        for (record, request) in originals.chain(replays) {
+            for statement in record.request_statements(request).unwrap_or_default() {
                 columns.extend(catalog.assigned(&statement.sql));
             }
         }
@@ -603,7 +598,7 @@ pub async fn replay(
         refused: outside
             .into_iter()
             .filter(|(last, _)| last.is_none())
-            .map(|(_, r)| r)
+            .map(|(_, r)| r.to_string())
             .collect(),
         noise_columns: columns,
     })
@@ -892,57 +887,22 @@ fn via_proxy(url: &str, addr: SocketAddr) -> String {
     u.to_string()
 }
 
-/// The fallback without a namespace: every proxy setting clients commonly honour points
-/// at the stub (Flux's own receiver excepted). Clients that ignore them reach live
-/// services; the report says so.
-fn proxy_environment(
-    config: &Config,
-    outbound: &Outbound,
-    otlp: SocketAddr,
-) -> Vec<(String, String)> {
-    let mut env = Vec::new();
-    for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-        env.push((var.to_string(), outbound.url()));
-    }
-    // Only Flux's own receiver bypasses the stub (the stub forwards it anyway, for
-    // clients that ignore ports here).
-    let own = format!("{0},localhost:{1}", otlp, otlp.port());
-    env.push(("NO_PROXY".to_string(), own.clone()));
-    env.push(("no_proxy".to_string(), own));
-    // Node 24+ honours the variables above only when asked to.
-    env.push(("NODE_USE_ENV_PROXY".to_string(), "1".to_string()));
-    // Java's URLConnection and HttpClient read system properties; an empty
-    // nonProxyHosts sends loopback calls to the stub too (it forwards Flux's own).
-    let (host, port) = (outbound.addr.ip(), outbound.addr.port());
-    let mut java = format!(
-        "-Dhttp.proxyHost={host} -Dhttp.proxyPort={port} -Dhttps.proxyHost={host} -Dhttps.proxyPort={port} -Dhttp.nonProxyHosts="
-    );
-    if let Some(own) = config.app.env.get("JAVA_TOOL_OPTIONS") {
-        java = format!("{own} {java}");
-    }
-    env.push(("JAVA_TOOL_OPTIONS".to_string(), java));
-    env
-}
-
-/// The span of the replay `trace` that made a refused connection (`TCP to HOST:PORT: …`):
-/// a span naming that port (`server.port`, `net.peer.port`), preferring one that also
-/// names the host.
-fn refusing_span(store: &Store, trace: &str, refused: &str) -> Option<String> {
-    let destination = refused.strip_prefix("TCP to ")?.split(": ").next()?;
-    let (host, port) = destination.rsplit_once(':')?;
+/// The span of the replay `trace` that made a refused connection: a span naming its port
+/// (`server.port`, `net.peer.port`), preferring one that also names its host.
+fn refusing_span(store: &Store, trace: &str, refused: &Refusal) -> Option<String> {
+    let port = refused.port.to_string();
     let tree = store.trace(trace).ok()?;
-    let on_port = |n: &&flux_store::trace::Node| {
-        n.span.attr_any(&["server.port", "net.peer.port"]) == Some(port)
-    };
-    let named = |n: &&flux_store::trace::Node| {
-        n.span.attr_any(&["server.address", "net.peer.name"]) == Some(host)
-    };
-    let candidates: Vec<&flux_store::trace::Node> = tree.nodes.iter().filter(on_port).collect();
+    let candidates: Vec<&flux_store::trace::Node> = tree
+        .nodes
+        .iter()
+        .filter(|n| n.span.attr_any(&["server.port", "net.peer.port"]) == Some(port.as_str()))
+        .collect();
     candidates
         .iter()
-        .copied()
-        .find(named)
-        .or(candidates.first().copied())
+        .find(|n| {
+            n.span.attr_any(&["server.address", "net.peer.name"]) == Some(refused.host.as_str())
+        })
+        .or(candidates.first())
         .map(|n| n.span.name.clone())
 }
 
@@ -1135,7 +1095,7 @@ struct Sent {
     failure: Option<String>,
     elapsed: Duration,
     misses: Vec<String>,
-    refused: Vec<String>,
+    refused: Vec<Refusal>,
     bodiless: Vec<String>,
 }
 

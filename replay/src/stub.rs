@@ -71,6 +71,27 @@ pub enum Answer {
     Miss,
 }
 
+/// A connection the sandbox's stub refused: it was neither HTTP nor TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The name the app looked up for it, else the address it connected to.
+    pub host: String,
+    /// The port it connected to.
+    pub port: u16,
+    /// Why it was refused.
+    pub why: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "TCP to [{}]:{}: {}", self.host, self.port, self.why)
+        } else {
+            write!(f, "TCP to {}:{}: {}", self.host, self.port, self.why)
+        }
+    }
+}
+
 /// The answers for one replayed request.
 #[derive(Debug, Clone)]
 pub struct Matcher {
@@ -80,7 +101,7 @@ pub struct Matcher {
     /// Calls that had no answer: `METHOD host/path`.
     pub misses: Vec<String>,
     /// Connections the sandbox's stub refused (not HTTP: SMTP, Redis, another database…).
-    pub refused: Vec<String>,
+    pub refused: Vec<Refusal>,
     /// Calls answered with a recorded status but no body (spans keep none, and no
     /// `[stubs]` fixture gave one): `METHOD host/path`.
     pub bodiless: Vec<String>,
