@@ -191,7 +191,11 @@ ensure_regress_suite() {
     fi
   done
   if [ -z "$REGRESS_SRC" ] || [ ! -f "$REGRESS_SRC/parallel_schedule" ]; then
-    if ! apt-cache showsrc postgresql-15 2>/dev/null | grep -q '^Version:'; then
+    # Read whole, then matched: `apt-cache … | grep -q` under pipefail fails when grep
+    # stops reading early (SIGPIPE), which re-added the sources and updated every time.
+    local listed
+    listed=$(apt-cache showsrc postgresql-15 2>/dev/null || true)
+    if ! grep -q '^Version:' <<<"$listed"; then
       local f
       for f in /etc/apt/sources.list.d/*.sources; do
         [ -f "$f" ] || continue
