@@ -176,7 +176,7 @@ fn output_into_a_closed_pipe_ends_quietly() {
     let data = common::private_tempdir();
     {
         // Enough history for one row that the output overflows a pipe's buffer.
-        let store = flux_store::Store::open(data.path()).expect("store");
+        let store = flux_read::open_writer(data.path()).expect("store");
         let tx = flux_store::TxId {
             boot: 1,
             session: 1,

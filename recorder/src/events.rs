@@ -13,9 +13,10 @@ use crate::nanos;
 
 use flux_proxy::capture::{CaptureEvent, Durable, MutationEvent, Op as ProxyOp, TxOutcome};
 use flux_proxy::EventSink;
+use flux_store::model;
 use flux_store::{
-    Durability, Gap, Mutation, Nanos, Op, Record, Source, StatementRecord, TxEvent, TxId, TxRecord,
-    WriterHandle,
+    Durability, Gap, GapReason, Mutation, Nanos, Op, Record, Source, StatementRecord, TxEvent,
+    TxId, TxRecord, WriterHandle,
 };
 
 /// Queued bytes past which a session waits for the writer before reading more from the
@@ -33,44 +34,21 @@ const DURABLE_WAIT: Duration = Duration::from_secs(5);
 struct Lost {
     since: Nanos,
     until: Nanos,
-    by_table: BTreeMap<(Option<String>, LostKind), u64>,
+    by_table: BTreeMap<(Option<String>, model::Lost), u64>,
 }
 
 /// What kind of record was lost; each says what the history misses without it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum LostKind {
-    Mutation,
-    Outcome,
-    Gap,
-    Statement,
-    Span,
-    Exchange,
-    Source,
-}
-
-impl LostKind {
-    fn of(r: &Record) -> (Option<String>, LostKind) {
-        match r {
-            Record::Mutation(m) => (Some(m.table.clone()), LostKind::Mutation),
-            Record::Tx(_) => (None, LostKind::Outcome),
-            Record::Gap(g) => (g.table.clone(), LostKind::Gap),
-            Record::Statement(_) => (None, LostKind::Statement),
-            Record::Span(_) => (None, LostKind::Span),
-            Record::Exchange(_) => (None, LostKind::Exchange),
-            Record::Source(_) => (None, LostKind::Source),
-        }
-    }
-
-    fn reason(self) -> &'static str {
-        match self {
-            LostKind::Mutation => "the store lagged or failed; these writes were not recorded",
-            LostKind::Outcome => "the store lagged or failed; transaction outcomes were not recorded, so rows written then may show as in progress",
-            LostKind::Gap => "the store lagged or failed; notes about writes that were not captured were lost too",
-            LostKind::Statement => "the store lagged or failed; statements of requests were not recorded",
-            LostKind::Span => "the store lagged or failed; spans of requests were not recorded",
-            LostKind::Exchange => "the store lagged or failed; HTTP requests the gateway relayed were not recorded (they cannot be replayed)",
-            LostKind::Source => "the store lagged or failed; which database the proxy was in front of was not recorded (replay cannot check that its scratch database differs)",
-        }
+/// What kind of record a dropped one was, and its table when it has one.
+fn lost_kind(r: &Record) -> (Option<String>, model::Lost) {
+    match r {
+        Record::Mutation(m) => (Some(m.table.clone()), model::Lost::Mutations),
+        Record::Tx(_) => (None, model::Lost::Outcomes),
+        Record::Gap(g) => (g.table.clone(), model::Lost::Gaps),
+        Record::Statement(_) => (None, model::Lost::Statements),
+        Record::Span(_) => (None, model::Lost::Spans),
+        Record::Exchange(_) => (None, model::Lost::Exchanges),
+        Record::Source(_) => (None, model::Lost::Sources),
+        Record::Replayed(_) => (None, model::Lost::Replays),
     }
 }
 
@@ -210,7 +188,7 @@ impl StoreSink {
                     until: nanos(at),
                     table,
                     count,
-                    reason: reason.to_string(),
+                    reason,
                     request,
                 })
             }
@@ -222,6 +200,9 @@ impl StoreSink {
                 sqlstate,
                 error,
                 request: Some(request),
+                verb,
+                tables,
+                rows,
                 ..
             } => Record::Statement(StatementRecord {
                 parent_span: flux_proxy::capture::rewrite::sqlcommenter_traceparent(&sql)
@@ -234,6 +215,9 @@ impl StoreSink {
                 tag,
                 sqlstate,
                 error,
+                verb,
+                tables,
+                rows,
             }),
             CaptureEvent::SessionStarted { database, .. } => {
                 let upstream = self.upstream.as_ref()?;
@@ -289,7 +273,7 @@ impl StoreSink {
         });
         l.until = now;
         for r in records {
-            *l.by_table.entry(LostKind::of(r)).or_default() += 1;
+            *l.by_table.entry(lost_kind(r)).or_default() += 1;
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
         self.stats.gap("store_lagging", records.len() as u64);
@@ -314,7 +298,7 @@ impl StoreSink {
                     until: l.until,
                     table: table.clone(),
                     count: *count,
-                    reason: kind.reason().into(),
+                    reason: GapReason::Lost(*kind),
                     request: None,
                 })
             })
@@ -447,7 +431,7 @@ mod tests {
     use std::sync::Arc;
 
     use flux_proxy::capture::MutationEvent;
-    use flux_store::{Store, Writer, WriterConfig};
+    use flux_store::{Writer, WriterConfig};
 
     fn mutation(n: u64) -> CaptureEvent {
         CaptureEvent::Mutation(MutationEvent {
@@ -467,7 +451,7 @@ mod tests {
     #[test]
     fn a_stopped_writer_never_blocks_the_proxy_and_losses_become_gaps() {
         let dir = tempfile::tempdir().expect("tmp");
-        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        let store = Arc::new(flux_read::open_writer(dir.path()).expect("open"));
         let writer = Writer::start(store.clone(), WriterConfig::default());
         let handle = writer.handle();
         writer.stop();
@@ -490,7 +474,7 @@ mod tests {
         let l = lost.as_ref().expect("losses tracked");
         assert_eq!(
             l.by_table
-                .get(&(Some("users".to_string()), LostKind::Mutation)),
+                .get(&(Some("users".to_string()), model::Lost::Mutations)),
             Some(&100)
         );
     }
@@ -498,7 +482,7 @@ mod tests {
     #[test]
     fn a_lost_transaction_end_is_a_gap_too() {
         let dir = tempfile::tempdir().expect("tmp");
-        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        let store = Arc::new(flux_read::open_writer(dir.path()).expect("open"));
         let writer = Writer::start(store.clone(), WriterConfig::default());
         let sink = StoreSink::new(writer.handle(), Durability::Relaxed);
         sink.emit(mutation(1));
@@ -514,7 +498,7 @@ mod tests {
         assert_eq!(sink.stats.dropped.load(Ordering::Relaxed), 1);
         let gaps = store.gaps(0, u64::MAX, Some("users")).expect("gaps");
         assert_eq!(gaps.len(), 1, "{gaps:?}");
-        assert!(gaps[0].reason.contains("in progress"), "{}", gaps[0].reason);
+        assert_eq!(gaps[0].reason, GapReason::Lost(model::Lost::Outcomes));
         assert_eq!(
             gaps[0].table, None,
             "an outcome names no table: shown for every one"
@@ -524,7 +508,7 @@ mod tests {
     #[test]
     fn losses_are_written_as_gaps_once_the_writer_accepts() {
         let dir = tempfile::tempdir().expect("tmp");
-        let store = Arc::new(Store::open(dir.path()).expect("open"));
+        let store = Arc::new(flux_read::open_writer(dir.path()).expect("open"));
         let writer = Writer::start(store.clone(), WriterConfig::default());
         let sink = StoreSink::new(writer.handle(), Durability::Relaxed);
         sink.count_lost(&[sink.record(mutation(1)).expect("record")]);
@@ -533,7 +517,7 @@ mod tests {
         let gaps = store.gaps(0, u64::MAX, Some("users")).expect("gaps");
         assert_eq!(gaps.len(), 1, "{gaps:?}");
         assert_eq!(gaps[0].count, 1);
-        assert!(gaps[0].reason.contains("lagged"));
+        assert_eq!(gaps[0].reason, GapReason::Lost(model::Lost::Mutations));
         assert_eq!(
             store
                 .history("users", &["2".into()], None, None)

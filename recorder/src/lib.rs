@@ -14,10 +14,6 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use flux_store::Nanos;
-
 pub mod events;
 pub mod redact;
 pub mod spans;
@@ -26,9 +22,4 @@ pub use events::{CaptureStats, StoreSink};
 pub use redact::Redactor;
 pub use spans::SpanWriter;
 
-/// Nanoseconds since the Unix epoch (0 before it).
-pub fn nanos(t: SystemTime) -> Nanos {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as Nanos)
-        .unwrap_or(0)
-}
+pub use flux_store::nanos;

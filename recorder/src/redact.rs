@@ -37,7 +37,7 @@ impl Redactor {
             let table = match table {
                 "*" => None,
                 // The store names tables in `public` without the schema.
-                t => Some(t.strip_prefix("public.").unwrap_or(t).to_string()),
+                t => Some(flux_store::model::table_name(t).to_string()),
             };
             out.push((table, column.to_string()));
         }

@@ -17,7 +17,8 @@ use std::io::{BufRead, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flux_store::trace::{is_failed, Tree};
+use flux_read::failure::is_failed;
+use flux_read::Tree;
 use flux_store::{Nanos, Store};
 use serde::{Deserialize, Serialize};
 
@@ -343,6 +344,40 @@ pub fn judge(criterion: &Criterion, seen: &Observed, ignore: &Ignore) -> Result<
     }
 }
 
+/// How a tested commit was judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommitVerdict {
+    /// The request passes at this commit.
+    Passes,
+    /// It fails.
+    Fails,
+    /// It could not be tested (the build failed, the app did not start).
+    Skipped,
+}
+
+impl CommitVerdict {
+    /// What `git bisect run` is answered: 0 good, 1 bad, 125 skip.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            CommitVerdict::Passes => 0,
+            CommitVerdict::Fails => 1,
+            CommitVerdict::Skipped => 125,
+        }
+    }
+}
+
+/// An end of the range the user gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// The commit that passed.
+    #[serde(rename = "good end")]
+    GoodEnd,
+    /// The commit that fails.
+    #[serde(rename = "bad end")]
+    BadEnd,
+}
+
 /// A tested commit.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Tested {
@@ -350,12 +385,12 @@ pub struct Tested {
     pub commit: String,
     /// Its short hash (also its replay run's name).
     pub short: String,
-    /// `passes`, `fails` or `skipped`.
-    pub verdict: String,
+    /// How it was judged.
+    pub verdict: CommitVerdict,
     /// Why it fails or was skipped.
     pub reason: Option<String>,
-    /// `good end`, `bad end`, or none for bisect's own picks.
-    pub role: Option<String>,
+    /// One of the ends the user gave, or none for bisect's own picks.
+    pub role: Option<Role>,
     /// What the replay showed (absent when skipped).
     #[serde(skip)]
     pub observed: Option<Observed>,
@@ -418,20 +453,21 @@ pub async fn test_commit(state: &StepState, worktree: &Path) -> Result<Tested, B
     }
     let app_dir = worktree.join(&state.app_dir);
     let mut build_ms = 0;
-    let tested = |verdict: &str, reason: Option<String>, observed, times: (u64, u64, u64)| Tested {
-        commit: c.hash.clone(),
-        short: c.short.clone(),
-        verdict: verdict.to_string(),
-        reason,
-        role: None,
-        observed,
-        build_ms: times.0,
-        app_start_ms: times.1,
-        request_ms: times.2,
-        total_ms: began.elapsed().as_millis() as u64,
-        unlike_bad_end: false,
-        bodiless: Vec::new(),
-    };
+    let tested =
+        |verdict: CommitVerdict, reason: Option<String>, observed, times: (u64, u64, u64)| Tested {
+            commit: c.hash.clone(),
+            short: c.short.clone(),
+            verdict,
+            reason,
+            role: None,
+            observed,
+            build_ms: times.0,
+            app_start_ms: times.1,
+            request_ms: times.2,
+            total_ms: began.elapsed().as_millis() as u64,
+            unlike_bad_end: false,
+            bodiless: Vec::new(),
+        };
     if let Some(build) = &config.app.build {
         let building = std::time::Instant::now();
         let log = state.log.with_extension(format!("build-{}.log", c.short));
@@ -451,7 +487,7 @@ pub async fn test_commit(state: &StepState, worktree: &Path) -> Result<Tested, B
         build_ms = building.elapsed().as_millis() as u64;
         if !status.success() {
             return Ok(tested(
-                "skipped",
+                CommitVerdict::Skipped,
                 Some(format!("build failed ({status}; {})", log.display())),
                 None,
                 (build_ms, 0, 0),
@@ -476,7 +512,7 @@ pub async fn test_commit(state: &StepState, worktree: &Path) -> Result<Tested, B
         Ok(r) => r,
         Err(ReplayError::App(e)) => {
             return Ok(tested(
-                "skipped",
+                CommitVerdict::Skipped,
                 Some(format!(
                     "the app did not start: {}",
                     first_line(&e.to_string())
@@ -498,7 +534,7 @@ pub async fn test_commit(state: &StepState, worktree: &Path) -> Result<Tested, B
             source: e,
         })
     })?;
-    let tree = store.trace(&r.replay).map_err(|e| {
+    let tree = flux_read::trace(&store, &r.replay).map_err(|e| {
         BisectError::Replay(ReplayError::RunStore {
             path: report.store.clone(),
             source: e,
@@ -516,8 +552,8 @@ pub async fn test_commit(state: &StepState, worktree: &Path) -> Result<Tested, B
         .with_noise(report.noise_columns.iter().map(String::as_str));
     let times = (build_ms, report.app_start_ms, r.duration_ms);
     let mut t = match judge(&state.criterion, &seen, &ignore) {
-        Ok(()) => tested("passes", None, Some(seen), times),
-        Err(why) => tested("fails", Some(why), Some(seen), times),
+        Ok(()) => tested(CommitVerdict::Passes, None, Some(seen), times),
+        Err(why) => tested(CommitVerdict::Fails, Some(why), Some(seen), times),
     };
     t.bodiless = r.bodiless.clone();
     Ok(t)
@@ -544,14 +580,10 @@ pub async fn step() -> u8 {
     let cwd = std::env::current_dir().unwrap_or_default();
     let result = test_commit(&state, &cwd).await;
     let (line, code) = match result {
-        Ok(t) => {
-            let code = match t.verdict.as_str() {
-                "passes" => 0,
-                "fails" => 1,
-                _ => 125,
-            };
-            (serde_json::to_string(&t).unwrap_or_default(), code)
-        }
+        Ok(t) => (
+            serde_json::to_string(&t).unwrap_or_default(),
+            t.verdict.exit_code(),
+        ),
         Err(e) => (
             serde_json::json!({ "error": e.to_string() }).to_string(),
             255,
@@ -749,13 +781,13 @@ pub async fn bisect(
 
     // Both ends first: bisecting noise helps no one.
     let mut good_t = test_commit(&state, &tree.path).await?;
-    good_t.role = Some("good end".into());
+    good_t.role = Some(Role::GoodEnd);
     events(Event::Tested(good_t.clone()));
-    if good_t.verdict != "passes" {
+    if good_t.verdict != CommitVerdict::Passes {
         // A failure after a call answered without a body is most likely the app
         // parsing that empty answer: an older commit would fail the same way.
         let advice = match good_t.bodiless.first() {
-            Some(call) if good_t.verdict == "fails" => format!(
+            Some(call) if good_t.verdict == CommitVerdict::Fails => format!(
                 "the stub answered {call} from its span, which keeps no body, and the app may have failed parsing the empty answer: give that call a body in flux.toml's [stubs] (\"{call}\" = {{ status = 200, body = '…' }})"
             ),
             _ => "give an older --good or --since".to_string(),
@@ -763,7 +795,7 @@ pub async fn bisect(
         return Err(BisectError::Usage(format!(
             "the good end {} {} ({}): {advice}",
             good_c.short,
-            if good_t.verdict == "fails" {
+            if good_t.verdict == CommitVerdict::Fails {
                 "fails too"
             } else {
                 "could not be tested"
@@ -781,13 +813,13 @@ pub async fn bisect(
     tested.push(good_t);
     tree.checkout(&bad)?;
     let mut bad_t = test_commit(&state, &tree.path).await?;
-    bad_t.role = Some("bad end".into());
+    bad_t.role = Some(Role::BadEnd);
     events(Event::Tested(bad_t.clone()));
-    if bad_t.verdict != "fails" {
+    if bad_t.verdict != CommitVerdict::Fails {
         return Err(BisectError::Usage(format!(
             "the bad end {} {}: nothing to bisect (is the request failing at {}? give --bad or --fail-if)",
             bad_c.short,
-            if bad_t.verdict == "passes" { "passes" } else { "could not be tested" },
+            if bad_t.verdict == CommitVerdict::Passes { "passes" } else { "could not be tested" },
             bad_c.short
         )));
     }
@@ -834,7 +866,7 @@ pub async fn bisect(
         {
             seen_lines += 1;
             if let Ok(mut t) = serde_json::from_str::<Tested>(&line) {
-                t.unlike_bad_end = t.verdict == "fails" && t.reason != bad_reason;
+                t.unlike_bad_end = t.verdict == CommitVerdict::Fails && t.reason != bad_reason;
                 events(Event::Tested(t.clone()));
                 tested.push(t);
             } else if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
@@ -856,21 +888,14 @@ pub async fn bisect(
     if let Some(e) = step_error {
         return Err(BisectError::Usage(format!("testing a commit failed: {e}")));
     }
-    let first_bad = out
-        .lines()
-        .find_map(|l| l.strip_suffix(" is the first bad commit"))
-        .map(|h| h.trim().to_string());
-    let candidates: Vec<String> = if first_bad.is_none() {
-        out.lines()
-            .skip_while(|l| !l.contains("The first bad commit could be any of"))
-            .skip(1)
-            .take_while(|l| !l.trim().is_empty() && !l.starts_with("We cannot"))
-            .map(|l| l.trim().to_string())
-            .filter(|l| l.len() >= 7 && l.bytes().all(|b| b.is_ascii_hexdigit()))
-            .collect()
-    } else {
-        Vec::new()
+    // What git concluded, from its refs: its messages are for people.
+    let (first_bad, candidates) = match git::bisect_result(&tree.path)? {
+        Some(git::Bisected::First(hash)) => (Some(hash), Vec::new()),
+        Some(git::Bisected::AnyOf(hashes)) => (None, hashes),
+        Some(git::Bisected::Unfinished) | None => (None, Vec::new()),
     };
+    // Its output was read only so the pipe never fills.
+    drop(out);
     if first_bad.is_none() && candidates.is_empty() && !status.success() {
         return Err(BisectError::Usage(format!(
             "git bisect run failed ({status}): {}",
@@ -882,7 +907,10 @@ pub async fn bisect(
     // The passing commit nearest the first bad one: its parent when tested, else the
     // newest tested ancestor that passed.
     let good_run = first_bad.as_ref().and_then(|fb| {
-        let passes: Vec<&Tested> = tested.iter().filter(|t| t.verdict == "passes").collect();
+        let passes: Vec<&Tested> = tested
+            .iter()
+            .filter(|t| t.verdict == CommitVerdict::Passes)
+            .collect();
         passes
             .iter()
             .filter(|t| git::is_ancestor(&repo, &t.commit, &fb.hash).unwrap_or(false))

@@ -85,6 +85,57 @@ pub fn resolve(dir: &Path, rev: &str) -> Result<String, GitError> {
     })
 }
 
+/// Where a finished `git bisect` in the work tree `dir` stands, read from its refs (not
+/// its messages): the first bad commit when one is isolated, else the commits it could
+/// be (skipped ones left it undecided); `None` when no bisect state is there.
+pub fn bisect_result(dir: &Path) -> Result<Option<Bisected>, GitError> {
+    let Ok(bad) = resolve(dir, "refs/bisect/bad") else {
+        return Ok(None);
+    };
+    let goods = git(
+        dir,
+        &[
+            "for-each-ref",
+            "--format=%(objectname)",
+            "refs/bisect/good-*",
+        ],
+    )?;
+    let mut args = vec!["rev-list", bad.as_str(), "--not"];
+    args.extend(goods.lines().map(str::trim).filter(|l| !l.is_empty()));
+    let between: Vec<String> = git(dir, &args)?.lines().map(str::to_string).collect();
+    let skipped = git(
+        dir,
+        &[
+            "for-each-ref",
+            "--format=%(objectname)",
+            "refs/bisect/skip-*",
+        ],
+    )?;
+    let skipped: Vec<&str> = skipped.lines().map(str::trim).collect();
+    Ok(Some(match between.as_slice() {
+        [only] if *only == bad => Bisected::First(bad),
+        // git stops undecided only when every commit left but the bad one was skipped.
+        _ if between
+            .iter()
+            .all(|c| *c == bad || skipped.contains(&c.as_str())) =>
+        {
+            Bisected::AnyOf(between)
+        }
+        _ => Bisected::Unfinished,
+    }))
+}
+
+/// What `git bisect` concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bisected {
+    /// The first bad commit.
+    First(String),
+    /// Skipped commits left these candidates (the bad one among them).
+    AnyOf(Vec<String>),
+    /// Commits are left untested: the bisect stopped before its end.
+    Unfinished,
+}
+
 /// The newest commit reachable from `from` committed before `until` (git's date syntax).
 pub fn last_before(dir: &Path, from: &str, until: &str) -> Result<Option<String>, GitError> {
     let out = git(dir, &["rev-list", "-1", &format!("--before={until}"), from])?;

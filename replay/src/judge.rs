@@ -97,7 +97,7 @@ pub struct Ignore {
 /// `table.column` / `*.column` / `column` as (table, column). Tables are named as the
 /// store names them: `public.orders.x` and `orders.x` both name `orders`.
 fn pattern(p: &str) -> (Option<String>, String) {
-    let table = |t: &str| t.strip_prefix("public.").unwrap_or(t).to_string();
+    let table = |t: &str| flux_store::model::table_name(t).to_string();
     match p.rsplit_once('.') {
         Some(("*", c)) => (None, c.to_string()),
         Some((t, c)) => (Some(table(t)), c.to_string()),
@@ -124,7 +124,7 @@ impl Ignore {
     }
 
     fn matches(list: &[(Option<String>, String)], table: &str, column: &str) -> bool {
-        let table = table.strip_prefix("public.").unwrap_or(table);
+        let table = flux_store::model::table_name(table);
         list.iter()
             .any(|(t, c)| c == column && t.as_deref().is_none_or(|t| t == table))
     }

@@ -7,7 +7,6 @@
 //! - [`isolation`]: the network namespace the app runs in, where every outbound
 //!   connection goes to the stub, and [`dns`]: its resolver (every name resolves).
 //! - [`config`]: `flux.toml`, found like `.git` (this directory or a parent).
-//! - [`window`]: the time windows `flux incident replay` takes (`14:00..14:05`, `-30m..`).
 //! - [`restore`]: the scratch database put back to the committed state at the window's
 //!   start for every row the selected requests wrote.
 //! - [`stub`]: outbound calls answered from the original request's CLIENT spans, and
@@ -33,4 +32,3 @@ pub mod outbound;
 pub mod restore;
 pub mod run;
 pub mod stub;
-pub mod window;

@@ -28,7 +28,7 @@ use crate::noise::Catalog;
 use crate::outbound::{Outbound, OutboundError};
 use crate::restore::{self, RestoreError};
 use crate::stub::{Matcher, Refusal};
-use crate::window::Window;
+use flux_read::window::Window;
 
 /// Which recorded requests to replay.
 #[derive(Debug, Clone, Default)]
@@ -106,8 +106,8 @@ pub enum ReplayError {
         source: StoreError,
     },
     /// An id that names no request, or several.
-    #[error("{0}")]
-    Request(String),
+    #[error(transparent)]
+    Request(#[from] flux_read::address::AddressError),
     /// Nothing selected has a recorded input.
     #[error("{0}")]
     Nothing(String),
@@ -569,13 +569,21 @@ pub async fn replay(
             error,
         });
     }
-    services.stop().await;
-    let pairs: String = results
+    // Which replay re-sent which recorded request, in the run's record (so `RUN:ID`
+    // finds a replay by the original's id).
+    let pairs: Vec<flux_store::Record> = results
         .iter()
-        .map(|r| format!("{} {}\n", r.request, r.replay))
+        .map(|r| {
+            flux_store::Record::Replayed(flux_store::model::Replayed {
+                original: r.request.clone(),
+                replay: r.replay.clone(),
+            })
+        })
         .collect();
-    std::fs::write(run_dir.join(REQUESTS_FILE), pairs).map_err(|source| ReplayError::Io {
-        what: format!("writing {}", run_dir.join(REQUESTS_FILE).display()),
+    let written = services.store.write(&pairs, true);
+    services.stop().await;
+    written.map_err(|source| ReplayError::RunStore {
+        path: run_dir.join("store"),
         source,
     })?;
     Ok(Report {
@@ -721,22 +729,7 @@ fn select(
 
 /// The recorded request an id or unique prefix (`req:` optional) names.
 pub fn resolve_request(store: &Store, given: &str) -> Result<String, ReplayError> {
-    let given = given.strip_prefix("req:").unwrap_or(given);
-    let found = store
-        .requests_with_prefix(given, 2)
-        .map_err(|source| ReplayError::Store {
-            path: store.path().to_path_buf(),
-            source,
-        })?;
-    match found.as_slice() {
-        [one] => Ok(one.clone()),
-        [] => Err(ReplayError::Request(format!(
-            "no recorded request starts with {given:?} (flux tail lists them)"
-        ))),
-        _ => Err(ReplayError::Request(format!(
-            "{given:?} names more than one request: give more of its id"
-        ))),
-    }
+    Ok(flux_read::address::resolve(store, given)?)
 }
 
 /// What a request did, from a store: the status, the root cause when it failed, its
@@ -747,8 +740,8 @@ fn outcome_of(
     status: Option<u16>,
     body: Option<&Vec<u8>>,
 ) -> Result<Outcome, StoreError> {
-    let why = store.why(id)?;
-    let failed = status.is_none_or(|s| s >= 400) || why.root_failed;
+    let why = flux_read::why::why(store, id)?;
+    let failed = flux_read::failure::answer_failed(status) || why.root_failed;
     // A handled failure inside a passing request (a retried call) is not the request's.
     let error = failed
         .then(|| why.cause.as_ref().map(|c| c.message.clone()))
@@ -778,14 +771,11 @@ fn outcome_of(
     })
 }
 
+/// Causes in a report are one line of at most this many characters.
+const CAUSE_WIDTH: usize = 160;
+
 fn one_line(s: &str) -> String {
-    let line = s.lines().next().unwrap_or("").trim();
-    if line.chars().count() > 160 {
-        let cut: String = line.chars().take(159).collect();
-        format!("{cut}…")
-    } else {
-        line.to_string()
-    }
+    flux_read::cause::one_line(s, CAUSE_WIDTH)
 }
 
 /// Refuses a scratch database that is one the recording proxy relayed sessions to.
@@ -891,8 +881,8 @@ fn via_proxy(url: &str, addr: SocketAddr) -> String {
 /// (`server.port`, `net.peer.port`), preferring one that also names its host.
 fn refusing_span(store: &Store, trace: &str, refused: &Refusal) -> Option<String> {
     let port = refused.port.to_string();
-    let tree = store.trace(trace).ok()?;
-    let candidates: Vec<&flux_store::trace::Node> = tree
+    let tree = flux_read::trace(store, trace).ok()?;
+    let candidates: Vec<&flux_read::tree::Node> = tree
         .nodes
         .iter()
         .filter(|n| n.span.attr_any(&["server.port", "net.peer.port"]) == Some(port.as_str()))
@@ -909,25 +899,6 @@ fn refusing_span(store: &Store, trace: &str, refused: &Refusal) -> Option<String
 /// Where run `run`'s record is, under the recording's data dir.
 pub fn run_store(data_dir: &Path, run: &str) -> PathBuf {
     data_dir.join("replays").join(run).join("store")
-}
-
-/// The file mapping each original request id to its replay's (one `ORIGINAL REPLAY`
-/// pair per line), so `RUN:ID` works with the original's id.
-const REQUESTS_FILE: &str = "requests";
-
-/// The replay in run `run` of the original request `given` (an id or a prefix of one),
-/// when the run replayed exactly one such request.
-pub fn replay_of(data_dir: &Path, run: &str, given: &str) -> Option<String> {
-    let path = data_dir.join("replays").join(run).join(REQUESTS_FILE);
-    let text = std::fs::read_to_string(path).ok()?;
-    let mut found = text
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .filter(|(original, _)| original.starts_with(given));
-    match (found.next(), found.next()) {
-        (Some((_, replay)), None) => Some(replay.to_string()),
-        _ => None,
-    }
 }
 
 /// The run's name: the short hash of a clean git checkout, else the next free `rN`.
@@ -978,12 +949,12 @@ impl Services {
             move |source| ReplayError::Io { what, source }
         };
         let store_dir = run_dir.join("store");
-        let store = Arc::new(
-            Store::open(&store_dir).map_err(|source| ReplayError::RunStore {
+        let store = Arc::new(flux_read::open_writer(&store_dir).map_err(|source| {
+            ReplayError::RunStore {
                 path: store_dir.clone(),
                 source,
-            })?,
-        );
+            }
+        })?);
         let writer = flux_store::Writer::start(store.clone(), flux_store::WriterConfig::default());
         let sink = Arc::new(flux_recorder::StoreSink::new(
             writer.handle(),
@@ -1281,7 +1252,7 @@ mod tests {
 
     #[test]
     fn long_causes_become_one_line() {
-        assert_eq!(one_line("a\nb"), "a");
+        assert_eq!(one_line("a\n  b"), "a b");
         let long = "x".repeat(300);
         assert_eq!(one_line(&long).chars().count(), 160);
     }

@@ -216,10 +216,7 @@ fn recording(s: &Span) -> Option<Recording> {
 }
 
 fn mentions_timeout(s: &Span) -> bool {
-    let says = |t: &str| {
-        let t = t.to_ascii_lowercase();
-        t.contains("timeout") || t.contains("timed out")
-    };
+    let says = flux_read::failure::is_timeout;
     s.error.as_deref().is_some_and(says)
         || s.events
             .iter()

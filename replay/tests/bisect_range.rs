@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use flux_replay::bisect::default_good;
-use flux_store::{Exchange, Record, Span, SpanKind, SpanSource, Store};
+use flux_store::{Exchange, Record, Span, SpanKind, SpanSource};
 
 const DAY: u64 = 86_400;
 
@@ -91,7 +91,7 @@ fn the_good_end_comes_from_the_last_passing_requests_version_else_fourteen_days_
     let dir = tempfile::tempdir().expect("tmp");
     let commits = repo(dir.path(), now);
     let data = tempfile::tempdir().expect("tmp");
-    let store = Store::open(data.path()).expect("store");
+    let store = flux_read::open_writer(data.path()).expect("store");
     let failing_at = now - 3600;
     let mut records = Vec::new();
     // Passing checkouts served by the first and the second commit, then a passing request

@@ -9,7 +9,7 @@ use flux_integration_tests::pg::{connect, Options, PgCluster, DB, PASSWORD, USER
 use flux_proxy::{EventSink, Proxy, ProxyConfig};
 use flux_recorder::StoreSink;
 use flux_replay::restore;
-use flux_store::{Durability, Store, Writer, WriterConfig};
+use flux_store::{Durability, Writer, WriterConfig};
 use tokio_util::sync::CancellationToken;
 
 fn now() -> u64 {
@@ -39,7 +39,7 @@ async fn rows_written_in_the_window_return_to_their_state_at_its_start() {
 
     // flux proxy with capture, recording into a real store.
     let dir = tempfile::tempdir().expect("tmp");
-    let store = Arc::new(Store::open(dir.path()).expect("store"));
+    let store = Arc::new(flux_read::open_writer(dir.path()).expect("store"));
     let writer = Writer::start(store.clone(), WriterConfig::default());
     let sink = Arc::new(StoreSink::new(writer.handle(), Durability::Relaxed));
     let config = ProxyConfig::new(

@@ -29,19 +29,18 @@ use crate::keys;
 use std::collections::BTreeMap;
 
 use crate::model::{
-    Exchange, Gap, Mutation, Nanos, Record, RequestSummary, Source, Span, StatementRecord, TxEvent,
-    TxId, TxRecord,
+    Exchange, Gap, Mutation, Nanos, Record, Replayed, RequestSummary, Source, Span,
+    StatementRecord, TxEvent, TxId, TxRecord,
 };
-use crate::trace::{self, Tree};
+use crate::summary::Summarizer;
 
 /// One raw key/value pair as RocksDB returns it.
 type KeyValue = (Box<[u8]>, Box<[u8]>);
 
 /// The layout version this code reads and writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
-/// An older layout the writer upgrades in place: version 2 lacked `exchanges` (a new,
-/// empty family is all it takes).
+/// The oldest layout the writer upgrades in place ([`crate::upgrade`]).
 const UPGRADABLE_FROM: u64 = 2;
 
 pub(crate) const META: &str = "meta";
@@ -76,6 +75,9 @@ const KEY_NEXT_SEQ: &[u8] = b"next_seq";
 /// Prefix of the `meta` keys holding [`Source`]s.
 const KEY_SOURCE: &[u8] = b"source/";
 
+/// Prefix of the `meta` keys holding [`Replayed`] pairs (a replay run's record).
+const KEY_REPLAYED: &[u8] = b"replayed/";
+
 fn source_key(src: &Source) -> Vec<u8> {
     let mut key = KEY_SOURCE.to_vec();
     keys::put_str(&mut key, src.addr.as_bytes());
@@ -95,7 +97,7 @@ pub enum StoreError {
         source: rocksdb::Error,
     },
     /// The data dir was written by another layout version.
-    #[error("store {path} has schema version {found}, this flux reads version {SCHEMA_VERSION}: use the flux that wrote it, or a new --data-dir (version 2 is upgraded in place when flux proxy opens it)")]
+    #[error("store {path} has schema version {found}, this flux reads version {SCHEMA_VERSION}: use the flux that wrote it, or a new --data-dir (versions 2 and 3 are upgraded in place when flux proxy opens them)")]
     Schema {
         /// The data dir.
         path: PathBuf,
@@ -117,6 +119,12 @@ pub enum StoreError {
         path: PathBuf,
         /// The error.
         source: std::io::Error,
+    },
+    /// A reader was asked to write.
+    #[error("store {path} was opened for reading; only the proxy's writer writes to it")]
+    ReadOnly {
+        /// The data dir.
+        path: PathBuf,
     },
     /// The writer has stopped.
     #[error("the store writer has stopped")]
@@ -170,6 +178,8 @@ pub struct Store {
     pub(crate) floor: Arc<AtomicU64>,
     /// A secondary's own directory, removed on drop.
     _secondary: Option<tempfile::TempDir>,
+    /// Computes request summaries as spans are written (`None` for readers).
+    summarizer: Option<Arc<dyn Summarizer>>,
 }
 
 fn options() -> Options {
@@ -189,8 +199,10 @@ fn options() -> Options {
 }
 
 impl Store {
-    /// Opens (creating if needed) a data dir as its writer.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    /// Opens (creating if needed, upgrading an older schema in place) a data dir as its
+    /// writer; `summarizer` keeps each request's summary as its spans arrive
+    /// (`flux_read::Summaries`).
+    pub fn open(path: &Path, summarizer: Arc<dyn Summarizer>) -> Result<Store, StoreError> {
         let rocks = |source| StoreError::Rocks {
             path: path.to_path_buf(),
             source,
@@ -210,6 +222,7 @@ impl Store {
             write_lock: Mutex::new(()),
             floor,
             _secondary: None,
+            summarizer: Some(summarizer),
         };
         match store.meta_u64(KEY_SCHEMA_VERSION)? {
             None => {
@@ -224,8 +237,11 @@ impl Store {
                     .map_err(rocks)?;
             }
             Some(v) if v == u64::from(SCHEMA_VERSION) => {}
-            Some(UPGRADABLE_FROM) => {
-                // Opening created the missing family; the rest is unchanged.
+            Some(v) if (UPGRADABLE_FROM..u64::from(SCHEMA_VERSION)).contains(&v) => {
+                // Opening created the family version 2 lacked; gaps and statements are
+                // rewritten; the version is written last.
+                let n = crate::upgrade::from_v3(&store)?;
+                tracing::info!(path = %path.display(), records = n, "upgrading store from schema version {v}");
                 store
                     .db
                     .put_cf(
@@ -264,7 +280,7 @@ impl Store {
             })?;
         let mut opts = Options::default();
         opts.set_max_open_files(-1);
-        // A data dir of the upgradable older layout lacks a family; say so rather than
+        // A data dir of the oldest upgradable layout lacks a family; say so rather than
         // fail in RocksDB (the writer upgrades it when `flux proxy` next opens it).
         if let Ok(present) = DB::list_cf(&opts, path) {
             if !present.iter().any(|f| f == EXCHANGES) {
@@ -300,6 +316,7 @@ impl Store {
             write_lock: Mutex::new(()),
             floor: Arc::default(),
             _secondary: Some(scratch),
+            summarizer: None,
         };
         if let Some(v) = store.meta_u64(KEY_SCHEMA_VERSION)? {
             if v != u64::from(SCHEMA_VERSION) {
@@ -338,7 +355,7 @@ impl Store {
         }
     }
 
-    fn corrupt(&self, what: &'static str) -> StoreError {
+    pub(crate) fn corrupt(&self, what: &'static str) -> StoreError {
         StoreError::Corrupt {
             path: self.path.clone(),
             what,
@@ -356,6 +373,11 @@ impl Store {
                 .ok_or_else(|| self.corrupt("meta"))
         })
         .transpose()
+    }
+
+    /// The summarizer a writer was opened with (`None` for a reader).
+    pub fn summarizer(&self) -> Option<Arc<dyn Summarizer>> {
+        self.summarizer.clone()
     }
 
     /// Writes records atomically in one batch; `sync` makes it durable (fsync) before
@@ -398,7 +420,7 @@ impl Store {
                     batch.put_cf(self.cf(STATEMENTS), key, value);
                     // The proxy's span for the statement; the id is unique in this store
                     // and marked so it cannot be mistaken for an SDK's random id.
-                    let span = Record::Span(trace::statement_span(st, format!("f1{seq:014x}")));
+                    let span = Record::Span(st.span(format!("f1{seq:014x}")));
                     let encoded =
                         postcard::to_stdvec(&span).map_err(|_| self.corrupt("outgoing span"))?;
                     if let Record::Span(span) = span {
@@ -411,6 +433,11 @@ impl Store {
                 }
                 Record::Source(src) => {
                     batch.put_cf(self.cf(META), source_key(src), value);
+                }
+                Record::Replayed(r) => {
+                    let mut key = KEY_REPLAYED.to_vec();
+                    key.extend_from_slice(r.original.as_bytes());
+                    batch.put_cf(self.cf(META), key, value);
                 }
                 Record::Span(span) => {
                     // Stored as the writer received it: already encoded above.
@@ -441,15 +468,20 @@ impl Store {
         request: &str,
         new: Vec<Span>,
     ) -> Result<(), StoreError> {
+        let Some(summarizer) = &self.summarizer else {
+            return Err(StoreError::ReadOnly {
+                path: self.path.clone(),
+            });
+        };
         let old = self.request(request)?;
         let summary = match &old {
             // A request id that tags a long batch job can gather millions of statements:
             // past a bound, fold new spans in instead of rebuilding the tree each batch.
-            Some(old) if old.spans as usize >= REBUILD_LIMIT => trace::fold(old, &new),
+            Some(old) if old.spans as usize >= REBUILD_LIMIT => summarizer.fold(old, &new),
             _ => {
                 let mut spans = self.trace_spans(request)?;
                 spans.extend(new);
-                trace::summarize(request, &Tree::build(spans))
+                summarizer.summarize(request, spans)
             }
         };
         if old.as_ref() == Some(&summary) {
@@ -483,11 +515,6 @@ impl Store {
             }
         }
         Ok(out)
-    }
-
-    /// A request's span tree.
-    pub fn trace(&self, request: &str) -> Result<Tree, StoreError> {
-        Ok(Tree::build(self.trace_spans(request)?))
     }
 
     /// A request's summary, if any span of it is recorded.
@@ -721,6 +748,22 @@ impl Store {
             match self.decode(&v, "source")? {
                 Record::Source(s) => out.push(s),
                 _ => return Err(self.corrupt("source")),
+            }
+        }
+        Ok(out)
+    }
+
+    /// In a replay run's record: the replays of recorded requests whose id starts with
+    /// `original` (up to `limit`).
+    pub fn replays_of(&self, original: &str, limit: usize) -> Result<Vec<Replayed>, StoreError> {
+        let mut prefix = KEY_REPLAYED.to_vec();
+        prefix.extend_from_slice(original.as_bytes());
+        let mut out = Vec::new();
+        for entry in self.scan(META, &prefix, &prefix).take(limit) {
+            let (_, v) = entry?;
+            match self.decode(&v, "replayed")? {
+                Record::Replayed(r) => out.push(r),
+                _ => return Err(self.corrupt("replayed")),
             }
         }
         Ok(out)

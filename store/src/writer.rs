@@ -115,14 +115,21 @@ pub struct WriterStats {
 /// every later write until the database is reopened, so the writer reopens it once
 /// nobody else holds it; others take it from here for each use instead of keeping it.
 #[derive(Clone)]
-pub struct StoreSlot(Arc<(std::path::PathBuf, Mutex<Option<Arc<Store>>>)>);
+pub struct StoreSlot(Arc<Slot>);
+
+struct Slot {
+    path: std::path::PathBuf,
+    summarizer: Option<Arc<dyn crate::Summarizer>>,
+    store: Mutex<Option<Arc<Store>>>,
+}
 
 impl StoreSlot {
     fn new(store: Arc<Store>) -> Self {
-        StoreSlot(Arc::new((
-            store.path().to_path_buf(),
-            Mutex::new(Some(store)),
-        )))
+        StoreSlot(Arc::new(Slot {
+            path: store.path().to_path_buf(),
+            summarizer: store.summarizer(),
+            store: Mutex::new(Some(store)),
+        }))
     }
 
     /// The store, unless the writer is reopening it.
@@ -131,7 +138,7 @@ impl StoreSlot {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<Store>>> {
-        self.0 .1.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Closes and reopens the store when only the slot holds it (or opens it when an
@@ -143,7 +150,12 @@ impl StoreSlot {
         }
         // RocksDB allows one open instance per directory: close before opening.
         *slot = None;
-        *slot = Some(Arc::new(Store::open(&self.0 .0)?));
+        let Some(summarizer) = self.0.summarizer.clone() else {
+            return Err(StoreError::ReadOnly {
+                path: self.0.path.clone(),
+            });
+        };
+        *slot = Some(Arc::new(Store::open(&self.0.path, summarizer)?));
         Ok(true)
     }
 }
@@ -476,7 +488,7 @@ impl Failure {
             until: crate::nanos(std::time::SystemTime::now()),
             table: None,
             count: lost,
-            reason: "the store failed (disk full or I/O error); these records were not kept".into(),
+            reason: crate::model::GapReason::StoreFailed,
             request: None,
         });
         if let Some(store) = slot.get() {

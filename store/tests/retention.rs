@@ -88,6 +88,9 @@ fn request(id: &str, n: u64, start: u64, writes_at: u64) -> Vec<Record> {
             sqlstate: None,
             error: None,
             parent_span: None,
+            verb: Some("update".into()),
+            tables: vec!["accounts".into()],
+            rows: Some(1),
         }),
         row("public.accounts", n.to_string(), writes_at, Some(id), t),
         Record::Tx(TxRecord {
@@ -135,7 +138,7 @@ fn held(store: &Store, id: &str) -> (bool, usize, usize, usize, bool) {
 #[test]
 fn expired_requests_leave_every_family_whole_without_holding_up_the_writer() {
     let dir = tempfile::tempdir().expect("tmp");
-    let store = Arc::new(Store::open(dir.path()).expect("open"));
+    let store = Arc::new(flux_read::open_writer(dir.path()).expect("open"));
 
     let mut records = Vec::new();
     for i in 0..OLD {
@@ -175,7 +178,7 @@ fn expired_requests_leave_every_family_whole_without_holding_up_the_writer() {
             until: at,
             table: Some("public.accounts".into()),
             count: 1,
-            reason: "TRUNCATE".into(),
+            reason: flux_store::GapReason::Statement("TRUNCATE".into()),
             request: None,
         }));
     }
@@ -270,7 +273,7 @@ fn expired_requests_leave_every_family_whole_without_holding_up_the_writer() {
 #[test]
 fn a_size_limit_drops_the_oldest_requests_until_the_tables_fit() {
     let dir = tempfile::tempdir().expect("tmp");
-    let store = Store::open(dir.path()).expect("open");
+    let store = flux_read::open_writer(dir.path()).expect("open");
     let n = 2_000;
     let mut records = Vec::new();
     for i in 0..n {

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use flux_store::{
-    blame, Durability, Gap, Mutation, Op, Outcome, Record, StatementRecord, Store, StoreError,
-    TxEvent, TxId, TxRecord, Writer, WriterConfig,
+    Durability, Gap, Mutation, Op, Outcome, Record, StatementRecord, Store, StoreError, TxEvent,
+    TxId, TxRecord, Writer, WriterConfig,
 };
 
 fn tx(n: u64) -> TxId {
@@ -48,7 +48,7 @@ fn event(t: TxId, at: u64, event: TxEvent) -> Record {
 #[test]
 fn history_resolves_outcomes_per_row() {
     let dir = tempfile::tempdir().expect("tmp");
-    let store = Store::open(dir.path()).expect("open");
+    let store = flux_read::open_writer(dir.path()).expect("open");
     store
         .write(
             &[
@@ -158,7 +158,7 @@ fn history_resolves_outcomes_per_row() {
         [20, 21, 30]
     );
     // Blame: plan was last committed by req-b; the newer attempt rolled back.
-    let b = blame(&h);
+    let b = flux_read::blame::blame(&h);
     let plan = b.columns.iter().find(|c| c.column == "plan").expect("plan");
     assert_eq!(plan.value, "pro");
     assert_eq!(
@@ -197,6 +197,9 @@ fn history_resolves_outcomes_per_row() {
             sqlstate: tag.is_none().then(|| "22012".to_string()),
             error: tag.is_none().then(|| "division by zero".to_string()),
             parent_span: None,
+            verb: sql.split_whitespace().next().map(str::to_ascii_lowercase),
+            tables: Vec::new(),
+            rows: tag.and_then(flux_store::model::tag_rows),
         })
     };
     store
@@ -221,7 +224,7 @@ fn history_resolves_outcomes_per_row() {
 #[test]
 fn composite_keys_keyless_tables_and_gaps() {
     let dir = tempfile::tempdir().expect("tmp");
-    let store = Store::open(dir.path()).expect("open");
+    let store = flux_read::open_writer(dir.path()).expect("open");
     let keyless = Record::Mutation(Mutation {
         table: "public.events".into(),
         key: None,
@@ -262,7 +265,7 @@ fn composite_keys_keyless_tables_and_gaps() {
                     until: 6,
                     table: Some("public.users".into()),
                     count: 1,
-                    reason: "TRUNCATE".into(),
+                    reason: flux_store::GapReason::Statement("TRUNCATE".into()),
                     request: Some("req-k".into()),
                 }),
                 Record::Gap(Gap {
@@ -270,7 +273,7 @@ fn composite_keys_keyless_tables_and_gaps() {
                     until: 9,
                     table: Some("public.orders".into()),
                     count: 3,
-                    reason: "COPY FROM".into(),
+                    reason: flux_store::GapReason::Statement("COPY FROM".into()),
                     request: None,
                 }),
             ],
@@ -284,8 +287,8 @@ fn composite_keys_keyless_tables_and_gaps() {
     assert_eq!(store.request_history("req-k").expect("by request").len(), 3);
     let gaps = store.gaps(0, 100, Some("public.users")).expect("gaps");
     assert_eq!(
-        gaps.iter().map(|g| g.reason.as_str()).collect::<Vec<_>>(),
-        ["TRUNCATE"]
+        gaps.iter().map(|g| g.reason.clone()).collect::<Vec<_>>(),
+        [flux_store::GapReason::Statement("TRUNCATE".into())]
     );
     assert_eq!(store.gaps(0, 100, None).expect("gaps").len(), 2);
     assert_eq!(store.gaps(7, 100, None).expect("gaps").len(), 1);
@@ -294,7 +297,7 @@ fn composite_keys_keyless_tables_and_gaps() {
 #[test]
 fn a_reader_follows_a_live_writer_and_reopening_keeps_everything() {
     let dir = tempfile::tempdir().expect("tmp");
-    let store = Arc::new(Store::open(dir.path()).expect("open"));
+    let store = Arc::new(flux_read::open_writer(dir.path()).expect("open"));
     let writer = Writer::start(store.clone(), WriterConfig::default());
     let handle = writer.handle();
     handle
@@ -346,14 +349,14 @@ fn a_reader_follows_a_live_writer_and_reopening_keeps_everything() {
     );
     // Opening the same dir as a second writer is refused (RocksDB's lock).
     assert!(matches!(
-        Store::open(dir.path()),
+        flux_read::open_writer(dir.path()),
         Err(StoreError::Rocks { .. })
     ));
     writer.stop();
     drop(reader);
     drop(store);
     // Reopen: sequence numbers continue, nothing is overwritten.
-    let store = Store::open(dir.path()).expect("reopen");
+    let store = flux_read::open_writer(dir.path()).expect("reopen");
     store
         .write(
             &[mutation(
@@ -382,7 +385,7 @@ fn a_reader_follows_a_live_writer_and_reopening_keeps_everything() {
 #[test]
 fn strict_mode_acknowledges_after_sync_and_a_stopped_writer_rejects() {
     let dir = tempfile::tempdir().expect("tmp");
-    let store = Arc::new(Store::open(dir.path()).expect("open"));
+    let store = Arc::new(flux_read::open_writer(dir.path()).expect("open"));
     let writer = Writer::start(
         store.clone(),
         WriterConfig {
@@ -427,7 +430,7 @@ fn strict_mode_acknowledges_after_sync_and_a_stopped_writer_rejects() {
 #[test]
 fn a_store_of_another_schema_version_is_refused() {
     let dir = tempfile::tempdir().expect("tmp");
-    drop(Store::open(dir.path()).expect("create"));
+    drop(flux_read::open_writer(dir.path()).expect("create"));
     // Rewrite the version with RocksDB directly, as a future flux would.
     {
         let mut opts = rocksdb::Options::default();
@@ -438,7 +441,7 @@ fn a_store_of_another_schema_version_is_refused() {
         db.put_cf(meta, b"schema_version", 99u64.to_be_bytes())
             .expect("put");
     }
-    match Store::open(dir.path()) {
+    match flux_read::open_writer(dir.path()) {
         Err(StoreError::Schema { found: 99, .. }) => {}
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("opened a store of another version"),
@@ -448,7 +451,7 @@ fn a_store_of_another_schema_version_is_refused() {
 #[test]
 fn a_version_2_store_is_upgraded_by_its_writer_and_explained_to_readers() {
     let dir = tempfile::tempdir().expect("tmp");
-    drop(Store::open(dir.path()).expect("create"));
+    drop(flux_read::open_writer(dir.path()).expect("create"));
     // Make it a version-2 store: no `exchanges` family, version 2.
     {
         let mut opts = rocksdb::Options::default();
@@ -467,7 +470,7 @@ fn a_version_2_store_is_upgraded_by_its_writer_and_explained_to_readers() {
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("a reader opened a store missing a family"),
     }
-    let store = Store::open(dir.path()).expect("the writer upgrades it");
+    let store = flux_read::open_writer(dir.path()).expect("the writer upgrades it");
     let x = flux_store::Exchange {
         request: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
         at: 1,
@@ -533,7 +536,7 @@ fn app_span(
 #[test]
 fn request_summaries_follow_spans_in_any_order() {
     let dir = tempfile::tempdir().expect("tmp");
-    let store = Store::open(dir.path()).expect("open");
+    let store = flux_read::open_writer(dir.path()).expect("open");
     let t = "0af7651916cd43dd8448eb211c80319c";
     store
         .write(&[app_span(t, "b", Some("a"), "handler", 500, 900)], false)
@@ -553,6 +556,9 @@ fn request_summaries_follow_spans_in_any_order() {
                 sqlstate: None,
                 error: None,
                 parent_span: Some("b".into()),
+                verb: Some("update".into()),
+                tables: vec!["users".into()],
+                rows: Some(1),
             })],
             false,
         )
@@ -574,7 +580,7 @@ fn request_summaries_follow_spans_in_any_order() {
     assert_eq!(r.status, Some(200));
     assert_eq!(r.spans, 3);
     assert_eq!(store.latest_requests(5).expect("latest").len(), 1);
-    let tree = store.trace(t).expect("trace");
+    let tree = flux_read::trace(&store, t).expect("trace");
     let walk: Vec<(String, usize)> = tree
         .walk()
         .into_iter()

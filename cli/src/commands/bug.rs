@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use flux_replay::bisect::{self, Event, Outcome, Request, Tested};
+use flux_replay::bisect::{self, CommitVerdict, Event, Outcome, Request, Role, Tested};
 
 use super::incident::runtime;
 use crate::output::out;
@@ -152,10 +152,10 @@ fn run_bisect(args: BisectArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn tested_line(t: &Tested) -> String {
-    let verdict = match t.verdict.as_str() {
-        "passes" => "✔ passes".to_string(),
-        "fails" => "✗ fails".to_string(),
-        _ => format!(
+    let verdict = match t.verdict {
+        CommitVerdict::Passes => "✔ passes".to_string(),
+        CommitVerdict::Fails => "✗ fails".to_string(),
+        CommitVerdict::Skipped => format!(
             "~ skipped ({})",
             t.reason
                 .as_deref()
@@ -163,16 +163,16 @@ fn tested_line(t: &Tested) -> String {
                 .unwrap_or("")
         ),
     };
-    let role = t
-        .role
-        .as_deref()
-        .map(|r| format!("   ({r})"))
-        .unwrap_or_default();
-    let why = match (t.verdict.as_str(), &t.reason) {
-        ("fails", Some(r)) if t.unlike_bad_end => {
+    let role = match t.role {
+        Some(Role::GoodEnd) => "   (good end)",
+        Some(Role::BadEnd) => "   (bad end)",
+        None => "",
+    };
+    let why = match (t.verdict, &t.reason) {
+        (CommitVerdict::Fails, Some(r)) if t.unlike_bad_end => {
             format!("   {r}   (not the bad end's failure)")
         }
-        ("fails", Some(r)) => format!("   {r}"),
+        (CommitVerdict::Fails, Some(r)) => format!("   {r}"),
         _ => String::new(),
     };
     format!("  Testing {}…  {verdict}{role}{why}", t.short)

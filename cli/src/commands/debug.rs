@@ -1,13 +1,13 @@
 //! `flux trace debug ID`: step through a request span by span in the terminal — each
 //! span's input, output and time, and (expanded) its attributes, events and the rows its
-//! statements changed. The steps come from `flux_store::steps`; this only draws them
+//! statements changed. The steps come from `flux_read::steps`; this only draws them
 //! (ratatui over crossterm).
 
 use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::Context;
-use flux_store::steps::Step;
+use flux_read::steps::Step;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Modifier, Style, Stylize};
@@ -21,8 +21,8 @@ use super::trace::duration;
 /// Runs the debugger on a request of the record in `dir`.
 pub fn run(dir: &Path, given: &str) -> anyhow::Result<()> {
     let (store, id) = open_request(dir, given)?;
-    let tree = store.trace(&id)?;
-    let steps = store.steps(&id, &tree)?;
+    let tree = flux_read::trace(&store, &id)?;
+    let steps = flux_read::steps::steps(&store, &id, &tree)?;
     if steps.is_empty() {
         anyhow::bail!("no spans recorded for {}", short(Some(&id)));
     }
@@ -136,7 +136,12 @@ fn draw(f: &mut Frame, title: &str, steps: &[Step], view: &View) {
     for c in &step.changes {
         let m = &c.mutation;
         let key = m.key.as_ref().map(|k| k.join(",")).unwrap_or_default();
-        text.push_line(format!("{} {}.id={key}  ({:?})", m.op, m.table, c.outcome));
+        text.push_line(format!(
+            "{} {}.id={key}  ({})",
+            m.op,
+            m.table,
+            super::state::fate(c.outcome)
+        ));
         if view.expanded {
             let image = |v: &Option<serde_json::Value>| {
                 v.as_ref().map_or("—".to_string(), |v| v.to_string())

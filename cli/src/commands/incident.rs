@@ -134,7 +134,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let window = args
         .window
         .as_deref()
-        .map(|w| flux_replay::window::parse(w, args.date, Local::now()))
+        .map(|w| flux_read::window::parse(w, args.date, Local::now()))
         .transpose()?;
     let route = args
         .route

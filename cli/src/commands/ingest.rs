@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use flux_ingest::otlp;
-use flux_store::{Record, Store};
+use flux_store::Record;
 
 /// `flux ingest`.
 #[derive(Debug, Args)]
@@ -25,7 +25,7 @@ pub struct IngestArgs {
 /// number and skipped; the rest are stored. Exit status 1 if any line failed.
 pub fn run(args: IngestArgs) -> anyhow::Result<()> {
     flux_store::private_dir(&args.data_dir)?;
-    let store = Store::open(&args.data_dir).with_context(|| {
+    let store = flux_read::open_writer(&args.data_dir).with_context(|| {
         format!(
             "opening the store in {} (if flux proxy is running on it, post the files to its --otlp endpoint instead)",
             args.data_dir.display()

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use flux_proxy::{EventSink, Proxy, ProxyConfig, Upstream};
-use flux_store::{Durability, Store, Writer, WriterConfig};
+use flux_store::{Durability, Writer, WriterConfig};
 
 use flux_recorder::{SpanWriter, StoreSink};
 use tokio_util::sync::CancellationToken;
@@ -236,7 +236,7 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let sink: Option<Arc<dyn EventSink>> = match &capture {
         None => None,
         Some(dir) => {
-            let store = Store::open(dir).with_context(|| {
+            let store = flux_read::open_writer(dir).with_context(|| {
                 format!(
                     "opening the store in {} (is another flux proxy using it?)",
                     dir.display()

@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
-use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, TimeZone};
+use chrono::{DateTime, Local, TimeZone};
 use clap::{Args, Subcommand, ValueEnum};
+use flux_read::blame::blame;
+use flux_read::gap::{self, Reason};
 use flux_store::query::MutationView;
-use flux_store::{blame, Gap, HistoryEntry, Nanos, Outcome, Store};
+use flux_store::{Gap, HistoryEntry, Nanos, Outcome, Store};
 use serde_json::{json, Value};
 
 use flux_recorder::nanos;
@@ -106,46 +108,19 @@ pub(crate) fn open(dir: &Path) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-/// The store's name for a table: `users` for `public.users`.
+/// The store's name for a table the user typed: `users` for `public.users` or `Users`
+/// (unquoted SQL names fold to lower case), `Orders` for `"Orders"`.
 fn table_name(t: &str) -> String {
-    let t = t.strip_prefix("public.").unwrap_or(t);
-    // Unquoted SQL names are case-insensitive; the catalog has them lower-cased.
-    if t.chars().any(|c| c.is_ascii_uppercase()) && !t.contains('"') {
-        t.to_lowercase()
-    } else {
+    let folded = if t.contains('"') {
         t.replace('"', "")
-    }
+    } else {
+        t.to_lowercase()
+    };
+    flux_store::model::table_name(&folded).to_string()
 }
 
 fn key_parts(id: &str) -> Vec<String> {
     id.split(',').map(|s| s.trim().to_string()).collect()
-}
-
-fn parse_time(s: &str) -> anyhow::Result<Nanos> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Ok(nanos(t.into()));
-    }
-    let naive = [
-        "%Y-%m-%dT%H:%M:%S",
-        "%Y-%m-%dT%H:%M",
-        "%Y-%m-%d %H:%M:%S",
-        "%Y-%m-%d %H:%M",
-    ]
-    .iter()
-    .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
-    .or_else(|| {
-        NaiveDate::parse_from_str(s, "%Y-%m-%d")
-            .ok()
-            .and_then(|d| d.and_hms_opt(0, 0, 0))
-    });
-    let Some(naive) = naive else {
-        bail!("cannot read time {s:?}: use 2026-03-10T14:00 (local time) or RFC 3339");
-    };
-    let local = Local
-        .from_local_datetime(&naive)
-        .earliest()
-        .with_context(|| format!("{s} does not exist in the local time zone"))?;
-    Ok(nanos(local.into()))
 }
 
 fn window(args: &HistoryArgs) -> anyhow::Result<(Option<Nanos>, Option<Nanos>)> {
@@ -157,11 +132,8 @@ fn window(args: &HistoryArgs) -> anyhow::Result<(Option<Nanos>, Option<Nanos>)> 
         return Ok((Some(from), None));
     }
     if let Some([a, b]) = args.between.as_deref() {
-        let (from, to) = (parse_time(a)?, parse_time(b)?);
-        if to <= from {
-            bail!("--between: {b} is not after {a}");
-        }
-        return Ok((Some(from), Some(to)));
+        let w = flux_read::window::between(a, b, Local::now()).context("--between")?;
+        return Ok((Some(w.from), Some(w.to)));
     }
     Ok((None, None))
 }
@@ -185,28 +157,15 @@ pub(crate) fn open_request(dir: &Path, given: &str) -> anyhow::Result<(Store, St
         );
     }
     // The original's id names its replay in the run; the replay's own id works too.
-    let id = flux_replay::run::replay_of(dir, run, id).unwrap_or_else(|| id.to_string());
     let store = open(&path)?;
+    let id = flux_read::address::replay_of(&store, id)?.unwrap_or_else(|| id.to_string());
     let id = resolve_request(&store, &id)?;
     Ok((store, id))
 }
 
-/// Resolves a request id or unique prefix (4+ characters, `req:` optional).
+/// Resolves a request id or unique prefix ([`flux_read::address`]).
 pub(crate) fn resolve_request(store: &Store, given: &str) -> anyhow::Result<String> {
-    let given = given.strip_prefix("req:").unwrap_or(given);
-    if given.len() < 4 {
-        bail!("request id {given:?} is too short: give at least 4 characters");
-    }
-    let found = store.requests_with_prefix(given, 20)?;
-    match found.as_slice() {
-        [] => bail!("nothing recorded for request {given}: no changes or statements carry that id"),
-        [one] => Ok(one.clone()),
-        many if many.iter().any(|r| r == given) => Ok(given.to_string()),
-        many => bail!(
-            "request prefix {given} is ambiguous; candidates:\n  {}",
-            many.join("\n  ")
-        ),
-    }
+    Ok(flux_read::address::resolve(store, given)?)
 }
 
 pub(crate) fn short(request: Option<&str>) -> String {
@@ -271,6 +230,16 @@ pub(crate) fn change(m: &MutationView) -> String {
     }
 }
 
+/// A change's fate in words: `committed`, `rolled back`, `outcome unknown`, `in progress`.
+pub(crate) fn fate(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Committed => "committed",
+        Outcome::RolledBack => "rolled back",
+        Outcome::Unknown => "outcome unknown",
+        Outcome::Pending => "in progress",
+    }
+}
+
 pub(crate) fn marker(o: Outcome) -> &'static str {
     match o {
         Outcome::Committed => "",
@@ -301,7 +270,9 @@ fn gap_json(g: &Gap) -> Value {
         "until": local(g.until).to_rfc3339(),
         "table": g.table,
         "count": g.count,
-        "reason": g.reason,
+        "reason": Reason(&g.reason).to_string(),
+        "kind": g.reason.kind(),
+        "partial": g.reason.partial(),
         "request": g.request,
     })
 }
@@ -333,10 +304,7 @@ fn gap_lines(gaps: &[Gap]) -> Vec<String> {
             };
             let table = g.table.as_deref().unwrap_or("unknown tables");
             // A write imaged without its before image is recorded, but not whole.
-            let (status, reason) = match g.reason.strip_suffix(": before image unavailable") {
-                Some(why) => ("captured without a before image", why),
-                None => ("not captured", g.reason.as_str()),
-            };
+            let (status, reason) = (gap::status(&g.reason), Reason(&g.reason));
             let when = if times > 1 {
                 format!(
                     "{} times, {} – {}",
@@ -502,15 +470,7 @@ fn history(args: HistoryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SQL on one line, cut to `max` characters.
-pub(crate) fn one_line(sql: &str, max: usize) -> String {
-    let flat = sql.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() > max {
-        format!("{}…", flat.chars().take(max).collect::<String>())
-    } else {
-        flat
-    }
-}
+pub(crate) use flux_read::cause::one_line;
 
 fn count(n: usize) -> String {
     if n == 1 {

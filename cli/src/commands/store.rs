@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use flux_store::{Nanos, Store};
+use flux_store::Nanos;
 use serde_json::json;
 
 use crate::output::out;
@@ -106,7 +106,7 @@ fn compact(args: CompactArgs) -> anyhow::Result<()> {
     if !dir.join("CURRENT").is_file() {
         anyhow::bail!("no Flux record in {}", dir.display());
     }
-    let store = Store::open(dir).with_context(|| {
+    let store = flux_read::open_writer(dir).with_context(|| {
         format!(
             "opening {} to compact it: is flux proxy running on it? Stop it first (its --retain/--retain-size passes compact as they remove records)",
             dir.display()

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::bail;
 use clap::Args;
-use flux_store::trace::settled;
+use flux_read::summary::settled;
 use flux_store::{RequestSummary, Store};
 use serde_json::json;
 

@@ -5,7 +5,9 @@ use crate::output::out;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use flux_store::trace::{diff, failure_message, is_failed, DiffRow, Tree, Verdict};
+use flux_read::diff::{diff, DiffRow, SpanFacts, Verdict};
+use flux_read::failure::{failure_message, is_failed};
+use flux_read::Tree;
 use flux_store::{HistoryEntry, SpanSource, Store};
 use serde_json::{json, Value};
 
@@ -175,7 +177,7 @@ fn span_json(tree: &Tree, i: usize, depth: usize) -> Value {
 /// The request `given` names (`ID` or `RUN:ID`), its record and its span tree.
 fn load(dir: &Path, given: &str) -> anyhow::Result<(Store, String, Tree)> {
     let (store, id) = open_request(dir, given)?;
-    let tree = store.trace(&id)?;
+    let tree = flux_read::trace(&store, &id)?;
     Ok((store, id, tree))
 }
 
@@ -183,7 +185,7 @@ fn run_trace(dir: &Path, given: &str, format: Format) -> anyhow::Result<()> {
     let (store, id, tree) = load(dir, given)?;
     let store = &store;
     // Spans the route's passing requests run after the point where this one failed.
-    let skipped = store.skipped(&id, &tree)?;
+    let skipped = flux_read::skipped::skipped(store, &id, &tree)?;
     if format == Format::Json {
         let out = json!({
             "request": id,
@@ -249,7 +251,7 @@ fn run_trace(dir: &Path, given: &str, format: Format) -> anyhow::Result<()> {
         }
         if Some(i) == cause {
             // The readable one-liner, and what was recorded when it says more.
-            let reading = flux_store::cause::read(&tree, i);
+            let reading = flux_read::cause::read(&tree, i);
             line.push_str(&format!("  ← {}", reading.text));
             if reading.raw != reading.text && reading.raw != "error" {
                 line.push_str(&format!("  ({})", one_line_raw(&reading.raw)));
@@ -270,7 +272,7 @@ enum Row {
 }
 
 /// The tree's spans depth first, each skipped span after its would-be siblings.
-fn rows_with_skipped(tree: &Tree, skipped: &[flux_store::skipped::Skipped]) -> Vec<(Row, usize)> {
+fn rows_with_skipped(tree: &Tree, skipped: &[flux_read::skipped::Skipped]) -> Vec<(Row, usize)> {
     let walk = tree.walk();
     let mut out = Vec::with_capacity(walk.len() + skipped.len());
     // Close each finished subtree: append the skipped children of the spans it ends.
@@ -296,8 +298,7 @@ fn rows_with_skipped(tree: &Tree, skipped: &[flux_store::skipped::Skipped]) -> V
 
 /// A recorded error on one line, shortened.
 fn one_line_raw(s: &str) -> String {
-    let line: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    truncate(&line, 100)
+    flux_read::cause::one_line(s, 100)
 }
 
 fn truncate(s: &str, width: usize) -> String {
@@ -321,16 +322,11 @@ fn verdict_text(v: Verdict) -> &'static str {
     }
 }
 
-fn side(f: &Option<flux_store::trace::SpanFacts>) -> String {
+fn side(f: &Option<SpanFacts>) -> String {
     match f {
         None => "—".to_string(),
         Some(f) => match &f.error {
-            Some(e)
-                if e.to_ascii_lowercase().contains("timeout")
-                    || e.to_ascii_lowercase().contains("timed out") =>
-            {
-                "→ timeout".to_string()
-            }
+            Some(e) if flux_read::failure::is_timeout(e) => "→ timeout".to_string(),
             Some(_) => format!("{} ✗", duration(f.duration)),
             None => duration(f.duration),
         },

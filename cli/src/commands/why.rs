@@ -6,7 +6,7 @@ use crate::output::out;
 use std::path::PathBuf;
 
 use clap::Args;
-use flux_store::cause::Shape;
+use flux_read::cause::Shape;
 use flux_store::Outcome;
 use serde_json::json;
 
@@ -43,7 +43,7 @@ pub fn run(args: WhyArgs) -> anyhow::Result<()> {
         anyhow::bail!("flux why has no CSV layout: use --format text or --format json");
     }
     let (store, id) = open_request(&args.data_dir, &args.request)?;
-    let why = store.why(&id)?;
+    let why = flux_read::why::why(&store, &id)?;
     if args.format == Format::Json {
         let out = json!({
             "request": why.request,

@@ -42,6 +42,12 @@ pub enum CaptureEvent {
         error: Option<String>,
         /// The request id in force for it (capture on).
         request: Option<String>,
+        /// Its command, from the proxy's analysis (`insert`).
+        verb: Option<String>,
+        /// The tables it acts on, from the proxy's analysis.
+        tables: Vec<String>,
+        /// Rows its tag reports (`None`: no count, or it failed).
+        rows: Option<u64>,
     },
     /// The session ended.
     SessionEnded {
@@ -189,130 +195,6 @@ pub trait EventSink: Send + Sync + 'static {
     }
 }
 
-/// Why capture left a write alone (or imaged it only in part). The store keeps the
-/// sentence [`Display`](std::fmt::Display) gives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GapReason {
-    /// A statement form the proxy does not image (`TRUNCATE`, `COPY FROM`, `MERGE`, …).
-    Statement(&'static str),
-    /// `sqlparser` did not understand the statement.
-    NotUnderstood,
-    /// Another statement of the same query string was not understood, so none is rewritten
-    /// (the split between them may not be the server's).
-    StringNotUnderstood,
-    /// `DO` or `CALL`: writes inside a routine are invisible to `RETURNING`.
-    Routine(&'static str),
-    /// `EXECUTE` of a write prepared with SQL `PREPARE`.
-    Prepared(String),
-    /// `pg_catalog` could not be read (`None`: not read yet).
-    CatalogUnreadable(Option<crate::capture::catalog::CatalogError>),
-    /// The table is not in the catalog snapshot.
-    TableNotFound,
-    /// An unqualified name found in several schemas whose tables capture treats differently.
-    Ambiguous,
-    /// What the table is keeps capture away (a view, rules, a foreign table, …).
-    Relation(&'static str),
-    /// Row-level security applies SELECT policies to returned rows.
-    RowSecurity,
-    /// A role the statement may run as lacks table-level SELECT.
-    NoSelect(String),
-    /// A role the statement may run as was set in the same query string or pipeline, and
-    /// its privileges were not read yet.
-    PrivilegesUnread(String),
-    /// The session's role is not known (set from a value only the server knows).
-    RoleUnknown,
-    /// DDL ran earlier in the transaction or pipeline: the catalog is not settled.
-    CatalogUnsettled,
-    /// Imaged, but without a before image, for this reason.
-    NoBeforeImage(&'static str),
-    /// Rows written by triggers on the table.
-    Triggers {
-        /// The table.
-        table: String,
-        /// Its trigger names, comma-separated.
-        names: String,
-    },
-    /// Rows changed by a foreign key's ON DELETE/UPDATE action.
-    Cascade {
-        /// The referenced table the write touched.
-        parent: String,
-    },
-}
-
-impl GapReason {
-    /// A short, fixed name for the reason (a metrics label).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            GapReason::Statement(_) => "statement_form",
-            GapReason::NotUnderstood | GapReason::StringNotUnderstood => "not_understood",
-            GapReason::Routine(_) => "routine",
-            GapReason::Prepared(_) => "sql_prepare",
-            GapReason::CatalogUnreadable(_) => "catalog_unreadable",
-            GapReason::TableNotFound => "table_not_found",
-            GapReason::Ambiguous => "ambiguous_name",
-            GapReason::Relation(_) => "relation_kind",
-            GapReason::RowSecurity => "row_security",
-            GapReason::NoSelect(_) | GapReason::PrivilegesUnread(_) | GapReason::RoleUnknown => {
-                "privileges"
-            }
-            GapReason::CatalogUnsettled => "catalog_unsettled",
-            GapReason::NoBeforeImage(_) => "no_before_image",
-            GapReason::Triggers { .. } => "triggers",
-            GapReason::Cascade { .. } => "cascade",
-        }
-    }
-
-    /// The write was recorded, only its before image is missing.
-    pub fn partial(&self) -> bool {
-        matches!(self, GapReason::NoBeforeImage(_))
-    }
-}
-
-impl std::fmt::Display for GapReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            GapReason::Statement(what) => f.write_str(what),
-            GapReason::NotUnderstood => {
-                f.write_str("statement not understood by the proxy's SQL parser")
-            }
-            GapReason::StringNotUnderstood => f.write_str(
-                "another statement in the same query string was not understood by the proxy's SQL parser",
-            ),
-            GapReason::Routine(what) => write!(f, "writes inside {what} are not captured"),
-            GapReason::Prepared(name) => {
-                write!(f, "EXECUTE of the SQL-prepared write {name} is not captured")
-            }
-            GapReason::CatalogUnreadable(Some(why)) => write!(f, "pg_catalog unreadable: {why}"),
-            GapReason::CatalogUnreadable(None) => f.write_str("pg_catalog not read yet"),
-            GapReason::TableNotFound => f.write_str("table not found in pg_catalog"),
-            GapReason::Ambiguous => f.write_str(
-                "table name found in several schemas that capture treats differently; search_path decides",
-            ),
-            GapReason::Relation(what) => f.write_str(what),
-            GapReason::RowSecurity => f.write_str("row-level security is enabled on the table"),
-            GapReason::NoSelect(role) => write!(
-                f,
-                "role {role} lacks SELECT on the table (capture reads rows back with RETURNING)"
-            ),
-            GapReason::PrivilegesUnread(role) => write!(
-                f,
-                "role {role} was set in the same query string or pipeline; its privileges were not read yet"
-            ),
-            GapReason::RoleUnknown => f.write_str(
-                "the session's role was set to a value the proxy cannot see (computed set_config, DO block)",
-            ),
-            GapReason::CatalogUnsettled => f.write_str(
-                "DDL earlier in this transaction or pipeline: pg_catalog not settled",
-            ),
-            GapReason::NoBeforeImage(why) => write!(f, "{why}: before image unavailable"),
-            GapReason::Triggers { table, names } => write!(
-                f,
-                "rows written by triggers on {table} ({names}) are not captured"
-            ),
-            GapReason::Cascade { parent } => write!(
-                f,
-                "rows may have changed through the ON DELETE/UPDATE action of a foreign key to {parent}"
-            ),
-        }
-    }
-}
+/// Why capture left a write alone (or imaged it only in part): the record model's type,
+/// so the store keeps what the planner decided, not a sentence.
+pub use flux_record::GapReason;

@@ -653,6 +653,8 @@ fn statement_event(session: SessionId, done: Completion, request: Option<String>
         .error
         .as_deref()
         .and_then(|f| message::error_fields(f).ok());
+    let tag = done.tag.map(|t| String::from_utf8_lossy(&t).into_owned());
+    let step = done.statement.current();
     CaptureEvent::Statement {
         session,
         sql: String::from_utf8_lossy(statement_text(&done.statement)).into_owned(),
@@ -661,10 +663,13 @@ fn statement_event(session: SessionId, done: Completion, request: Option<String>
             .started
             .map_or_else(SystemTime::now, |s| s.wall),
         elapsed,
-        tag: done.tag.map(|t| String::from_utf8_lossy(&t).into_owned()),
+        rows: tag.as_deref().and_then(flux_record::tag_rows),
+        tag,
         sqlstate: error.as_ref().map(|e| e.code.clone()),
         error: error.map(|e| e.message),
         request,
+        verb: step.and_then(|s| s.verb.clone()),
+        tables: step.map(|s| s.tables.clone()).unwrap_or_default(),
     }
 }
 

@@ -19,6 +19,7 @@ pub mod plan;
 pub mod refuse;
 pub mod rewrite;
 pub mod role;
+pub mod shape;
 pub mod txn;
 
 pub use event::{

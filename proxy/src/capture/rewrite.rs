@@ -53,6 +53,10 @@ pub struct Step {
     pub role: Option<RoleChange>,
     /// `sqlparser` understood the statement.
     pub parsed: bool,
+    /// Its command (first keyword, lower case): `insert`, `select`, `begin`.
+    pub verb: Option<String>,
+    /// The tables it acts on ([`crate::capture::shape::tables`]).
+    pub tables: Vec<String>,
 }
 
 /// A change of the session's effective role (`SET ROLE`, `SET SESSION AUTHORIZATION`,
@@ -191,6 +195,8 @@ pub fn analyze(sql: &str) -> Analysis {
                     set_request: None,
                     role: None,
                     parsed: false,
+                    verb: None,
+                    tables: Vec::new(),
                 }],
             }
         }
@@ -245,6 +251,11 @@ pub fn analyze(sql: &str) -> Analysis {
             set_request,
             role: role_change(&real, &words, text),
             parsed: parsed.is_ok(),
+            verb: Some(words.first().to_string()).filter(|v| !v.is_empty()),
+            tables: parsed
+                .as_ref()
+                .map(crate::capture::shape::tables)
+                .unwrap_or_default(),
         });
     }
     Analysis { steps }
@@ -401,7 +412,7 @@ fn ident(i: &ast::Ident) -> String {
     }
 }
 
-fn name_parts(name: &ObjectName) -> Vec<String> {
+pub(crate) fn name_parts(name: &ObjectName) -> Vec<String> {
     name.0
         .iter()
         .map(|p| match p {
@@ -461,7 +472,7 @@ pub fn classify(statement: &Statement) -> Kind {
             let TableObject::TableName(name) = &insert.table else {
                 return Kind::Unimaged {
                     table: None,
-                    reason: GapReason::Statement("INSERT into a table function"),
+                    reason: GapReason::Statement("INSERT into a table function".into()),
                 };
             };
             let (op, assigned) = match &insert.on {
@@ -475,7 +486,7 @@ pub fn classify(statement: &Statement) -> Kind {
                 Some(_) => {
                     return Kind::Unimaged {
                         table: Some(name_parts(name).join(".")),
-                        reason: GapReason::Statement("INSERT form not supported by PostgreSQL"),
+                        reason: GapReason::Statement("INSERT form not supported by PostgreSQL".into()),
                     }
                 }
             };
@@ -486,13 +497,13 @@ pub fn classify(statement: &Statement) -> Kind {
             let TableFactor::Table { name, alias, .. } = &update.table.relation else {
                 return Kind::Unimaged {
                     table: None,
-                    reason: GapReason::Statement("UPDATE of something other than a table"),
+                    reason: GapReason::Statement("UPDATE of something other than a table".into()),
                 };
             };
             if !update.table.joins.is_empty() {
                 return Kind::Unimaged {
                     table: Some(name_parts(name).join(".")),
-                    reason: GapReason::Statement("UPDATE with joins"),
+                    reason: GapReason::Statement("UPDATE with joins".into()),
                 };
             }
             let alias = alias.as_ref().map(|a| &a.name);
@@ -513,14 +524,14 @@ pub fn classify(statement: &Statement) -> Kind {
                 _ => {
                     return Kind::Unimaged {
                         table: None,
-                        reason: GapReason::Statement("DELETE from several tables"),
+                        reason: GapReason::Statement("DELETE from several tables".into()),
                     }
                 }
             };
             let TableFactor::Table { name, alias, .. } = target else {
                 return Kind::Unimaged {
                     table: None,
-                    reason: GapReason::Statement("DELETE from something other than a table"),
+                    reason: GapReason::Statement("DELETE from something other than a table".into()),
                 };
             };
             let alias = alias.as_ref().map(|a| &a.name);
@@ -546,7 +557,7 @@ pub fn classify(statement: &Statement) -> Kind {
             }) {
                 Kind::Unimaged {
                     table: None,
-                    reason: GapReason::Statement("data-modifying statement inside WITH"),
+                    reason: GapReason::Statement("data-modifying statement inside WITH".into()),
                 }
             } else {
                 Kind::Other
@@ -554,11 +565,11 @@ pub fn classify(statement: &Statement) -> Kind {
         }
         Statement::Merge(_) => Kind::Unimaged {
             table: None,
-            reason: GapReason::Statement("MERGE"),
+            reason: GapReason::Statement("MERGE".into()),
         },
         Statement::Truncate(t) => Kind::Unimaged {
             table: t.table_names.first().map(|n| name_parts(&n.name).join(".")),
-            reason: GapReason::Statement("TRUNCATE"),
+            reason: GapReason::Statement("TRUNCATE".into()),
         },
         Statement::Copy {
             source: ast::CopySource::Table { table_name, .. },
@@ -566,7 +577,7 @@ pub fn classify(statement: &Statement) -> Kind {
             ..
         } => Kind::Unimaged {
             table: Some(name_parts(table_name).join(".")),
-            reason: GapReason::Statement("COPY FROM"),
+            reason: GapReason::Statement("COPY FROM".into()),
         },
         Statement::StartTransaction { .. } => Kind::Begin,
         Statement::Commit { .. } => Kind::Commit,
@@ -638,11 +649,11 @@ pub fn classify(statement: &Statement) -> Kind {
             match classify(statement) {
             Kind::Write(w) => Kind::Unimaged {
                 table: Some(w.table.join(".")),
-                reason: GapReason::Statement("EXPLAIN ANALYZE of a write"),
+                reason: GapReason::Statement("EXPLAIN ANALYZE of a write".into()),
             },
             Kind::Unimaged { table, .. } => Kind::Unimaged {
                 table,
-                reason: GapReason::Statement("EXPLAIN ANALYZE of a write"),
+                reason: GapReason::Statement("EXPLAIN ANALYZE of a write".into()),
             },
             _ => Kind::Other,
             }
@@ -956,13 +967,13 @@ pub fn appendix(
             WriteOp::Delete => (after, "NULL::pg_catalog.json".to_string()),
             WriteOp::Update | WriteOp::Upsert => {
                 let before = if pk.is_empty() {
-                    note = Some(GapReason::NoBeforeImage("table has no primary key"));
+                    note = Some(GapReason::NoBeforeImage("table has no primary key".into()));
                     "NULL::pg_catalog.json".to_string()
                 } else if write.op == WriteOp::Update
                     && write.assigned.iter().any(|c| pk.contains(c))
                 {
                     note = Some(GapReason::NoBeforeImage(
-                        "UPDATE changes a primary-key column",
+                        "UPDATE changes a primary-key column".into(),
                     ));
                     "NULL::pg_catalog.json".to_string()
                 } else {
@@ -1106,9 +1117,9 @@ mod tests {
         assert!(matches!(
             kinds[8],
             Kind::Unimaged {
-                reason: GapReason::Statement("TRUNCATE"),
+                reason: GapReason::Statement(ref s),
                 ..
-            }
+            } if s == "TRUNCATE"
         ));
         assert!(matches!(kinds[9], Kind::Unimaged { .. }));
     }

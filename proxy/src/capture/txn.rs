@@ -20,7 +20,7 @@
 use std::time::SystemTime;
 
 use crate::capture::event::{CaptureEvent, MutationEvent, Op, SessionId, TxOutcome};
-use crate::capture::plan::{key_of, tag_rows, CapturePlan, Images, StepPlan};
+use crate::capture::plan::{key_of, CapturePlan, Images, StepPlan};
 use crate::capture::rewrite::{Kind, SetRequest, WriteOp};
 use crate::capture::role::{RoleState, Saved};
 
@@ -142,7 +142,8 @@ impl Tracker {
             return;
         };
         let now = SystemTime::now();
-        let rows = tag_rows(tag);
+        // 0 stands for "not said" in gap counts.
+        let rows = flux_record::tag_rows(tag).unwrap_or(0);
         if let Some(gap) = &step.gap {
             out.push(CaptureEvent::Gap {
                 session: self.session,
@@ -315,6 +316,8 @@ mod tests {
             role: None,
             capture: None,
             gap: None,
+            verb: None,
+            tables: Vec::new(),
         }
     }
 

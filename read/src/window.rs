@@ -1,4 +1,5 @@
-//! The time windows `flux incident replay` takes, in local time:
+//! The time windows every command takes (`flux incident replay 14:00..14:05`, `flux state
+//! history --between A B`), in local time:
 //!
 //! - `14:00..14:05` — today (or `--date 2026-03-10`); an end before the start is the next
 //!   day (`23:55..00:05`); seconds optional (`14:00:30`);
@@ -85,6 +86,11 @@ pub fn parse(
         from: nanos(from),
         to: nanos(to),
     })
+}
+
+/// `--between A B`: the window from `a` to `b`, each end in any form [`parse`] reads.
+pub fn between(a: &str, b: &str, now: DateTime<Local>) -> Result<Window, WindowError> {
+    parse(&format!("{a}..{b}"), None, now)
 }
 
 struct Point {

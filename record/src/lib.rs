@@ -1,4 +1,8 @@
-//! The record model: what the proxy captures, as stored.
+//! `flux-record`: the record model — what the proxy captures and the store keeps.
+//!
+//! A crate of its own so the proxy can emit these types without depending on the store
+//! (RocksDB): a gap's reason, for one, is one enum from the statement's analysis to
+//! `flux state history`, never text parsed back.
 //!
 //! Everything is appended, never rewritten: a transaction's outcome is its own record,
 //! and a mutation's fate is resolved at query time from its transaction's records.
@@ -7,6 +11,13 @@ use serde::{Deserialize, Serialize};
 
 /// Nanoseconds since the Unix epoch.
 pub type Nanos = u64;
+
+/// Nanoseconds since the Unix epoch (0 before it).
+pub fn nanos(t: std::time::SystemTime) -> Nanos {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
 
 /// A transaction, unique across proxy restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -106,8 +117,8 @@ pub struct Gap {
     pub table: Option<String>,
     /// How many writes (statements or events) were affected, where known.
     pub count: u64,
-    /// Why (`COPY FROM`, `TRUNCATE`, `store lagging: 120 events dropped`, …).
-    pub reason: String,
+    /// Why.
+    pub reason: GapReason,
     /// The request, where known.
     pub request: Option<String>,
 }
@@ -130,6 +141,18 @@ pub enum Record {
     /// A database the proxy relayed sessions to (kept in `meta`): what replay refuses
     /// to use as its scratch database.
     Source(Source),
+    /// In a replay run's record: which recorded request a replayed one sent again.
+    Replayed(Replayed),
+}
+
+/// A replayed request and the recorded one it sent again (kept in a replay run's `meta`),
+/// so `RUN:ID` finds the replay by the original's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replayed {
+    /// The recorded request's id.
+    pub original: String,
+    /// The replay's request id.
+    pub replay: String,
 }
 
 impl Record {
@@ -148,7 +171,12 @@ impl Record {
                         .as_ref()
                         .map_or(0, |k| k.iter().map(|v| v.len() + 24).sum())
             }
-            Record::Statement(st) => st.sql.len() + st.request.len() + opt(&st.error),
+            Record::Statement(st) => {
+                st.sql.len()
+                    + st.request.len()
+                    + opt(&st.error)
+                    + st.tables.iter().map(|t| t.len() + 24).sum::<usize>()
+            }
             Record::Span(sp) => {
                 sp.name.len()
                     + sp.attributes
@@ -158,7 +186,8 @@ impl Record {
                     + sp.events.len() * 128
             }
             Record::Exchange(x) => x.body.len() + x.response_body.len() + x.target.len(),
-            Record::Gap(g) => g.reason.len(),
+            Record::Gap(_) => 64,
+            Record::Replayed(r) => r.original.len() + r.replay.len(),
             Record::Tx(_) | Record::Source(_) => 0,
         }
     }
@@ -234,7 +263,193 @@ pub struct StatementRecord {
     /// The application span that issued it (sqlcommenter `traceparent`'s parent id), when
     /// known; the statement's own span is recorded under it.
     pub parent_span: Option<String>,
+    /// Its command as the proxy's analysis read it (`insert`, `select`, `begin`), lower
+    /// case; `None` for an empty statement.
+    pub verb: Option<String>,
+    /// The tables it names as its target (or first `FROM`), as written: `public.orders`.
+    pub tables: Vec<String>,
+    /// Rows its `CommandComplete` tag reports (`INSERT 0 3` → 3); `None` when the tag has
+    /// no count (`BEGIN`) or the statement failed.
+    pub rows: Option<u64>,
 }
+
+impl StatementRecord {
+    /// The name of its span: `db.insert(orders)`, `db.select(users)`, `db.begin`.
+    pub fn span_name(&self) -> String {
+        match (&self.verb, self.tables.first()) {
+            (Some(verb), Some(table)) => format!("db.{verb}({})", table_name(table)),
+            (Some(verb), None) => format!("db.{verb}"),
+            (None, _) => "db.statement".to_string(),
+        }
+    }
+
+    /// The proxy's span for the statement: its name, timing, rows and error. `id` must be
+    /// unique in the store.
+    pub fn span(&self, id: String) -> Span {
+        let mut attributes = vec![
+            ("db.system".to_string(), "postgresql".to_string()),
+            ("db.statement".to_string(), self.sql.clone()),
+        ];
+        if let Some(rows) = self.rows {
+            attributes.push(("db.rows".to_string(), rows.to_string()));
+        }
+        if let Some(code) = &self.sqlstate {
+            attributes.push(("db.sqlstate".to_string(), code.clone()));
+        }
+        Span {
+            trace: self.request.clone(),
+            id,
+            parent: self.parent_span.clone(),
+            name: self.span_name(),
+            kind: SpanKind::Client,
+            start: self.at,
+            end: self.at.saturating_add(self.duration),
+            error: self.sqlstate.as_ref().map(|code| {
+                format!(
+                    "{} (SQLSTATE {code})",
+                    self.error.as_deref().unwrap_or("error")
+                )
+            }),
+            attributes,
+            events: Vec::new(),
+            service: None,
+            source: SpanSource::Proxy,
+        }
+    }
+}
+
+/// How the store names a table: the schema most tables live in, `public`, is dropped,
+/// others stay (`public.orders` → `orders`, `audit.log` stays). It takes a name as the
+/// catalog or the proxy's analysis gives it (identifiers folded, quotes removed). The one
+/// place `public.` is dropped.
+pub fn table_name(qualified: &str) -> &str {
+    qualified.strip_prefix("public.").unwrap_or(qualified)
+}
+
+/// Rows a `CommandComplete` tag reports: its last word when the tag has a count
+/// (`INSERT 0 3` → 3, `UPDATE 2` → 2, `SELECT 0` → 0), `None` when it has none (`BEGIN`,
+/// `CREATE TABLE`). The one reading of a tag's count.
+pub fn tag_rows(tag: &str) -> Option<u64> {
+    let mut words = tag.split_whitespace();
+    let _verb = words.next()?;
+    words.last()?.parse().ok()
+}
+
+/// Why writes could not be captured (whole, or without their before image). Rendered as
+/// text only when shown (`flux_read::gap`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum GapReason {
+    /// A statement form capture does not image (`TRUNCATE`, `COPY FROM`, `MERGE`, …).
+    Statement(String),
+    /// The proxy's SQL parser did not understand the statement.
+    NotUnderstood,
+    /// Another statement of the same query string was not understood, so none was
+    /// rewritten (the split between them may not be the server's).
+    StringNotUnderstood,
+    /// Writes inside a routine (`a DO block or procedure`) are invisible to `RETURNING`.
+    Routine(String),
+    /// `EXECUTE` of a write prepared with SQL `PREPARE` (its name).
+    Prepared(String),
+    /// `pg_catalog` could not be read (why; `None`: not read yet).
+    CatalogUnreadable(Option<String>),
+    /// The table is not in the catalog snapshot.
+    TableNotFound,
+    /// An unqualified name found in several schemas whose tables capture treats differently.
+    Ambiguous,
+    /// What the table is keeps capture away (a view, rules, a foreign table, …).
+    Relation(String),
+    /// Row-level security applies SELECT policies to returned rows.
+    RowSecurity,
+    /// A role the statement may run as lacks table-level SELECT.
+    NoSelect(String),
+    /// A role set in the same query string or pipeline, whose privileges were not read yet.
+    PrivilegesUnread(String),
+    /// The session's role was set from a value only the server knows.
+    RoleUnknown,
+    /// DDL ran earlier in the transaction or pipeline: the catalog is not settled.
+    CatalogUnsettled,
+    /// The rows were imaged, but without their before image, for this reason.
+    NoBeforeImage(String),
+    /// Rows written by triggers on the table.
+    Triggers {
+        /// The table.
+        table: String,
+        /// Its trigger names, comma-separated.
+        names: String,
+    },
+    /// Rows changed by a foreign key's ON DELETE/UPDATE action.
+    Cascade {
+        /// The referenced table the write touched.
+        parent: String,
+    },
+    /// The store lagged or failed and records of this kind were dropped.
+    Lost(Lost),
+    /// The store failed (disk full, I/O error): these records were not kept.
+    StoreFailed,
+    /// A gap recorded before reasons were typed (schema version 3), as it was written.
+    Legacy(String),
+}
+
+/// What kind of record a [`GapReason::Lost`] gap stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Lost {
+    /// Row changes.
+    Mutations,
+    /// Transaction outcomes.
+    Outcomes,
+    /// Gap records themselves.
+    Gaps,
+    /// Statements of requests.
+    Statements,
+    /// Spans.
+    Spans,
+    /// HTTP exchanges the gateway relayed.
+    Exchanges,
+    /// Which database the proxy was in front of.
+    Sources,
+    /// A replay run's map from recorded to replayed requests.
+    Replays,
+}
+
+impl GapReason {
+    /// A short, fixed name for the reason (a metrics label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GapReason::Statement(_) => "statement_form",
+            GapReason::NotUnderstood | GapReason::StringNotUnderstood => "not_understood",
+            GapReason::Routine(_) => "routine",
+            GapReason::Prepared(_) => "sql_prepare",
+            GapReason::CatalogUnreadable(_) => "catalog_unreadable",
+            GapReason::TableNotFound => "table_not_found",
+            GapReason::Ambiguous => "ambiguous_name",
+            GapReason::Relation(_) => "relation_kind",
+            GapReason::RowSecurity => "row_security",
+            GapReason::NoSelect(_) | GapReason::PrivilegesUnread(_) | GapReason::RoleUnknown => {
+                "privileges"
+            }
+            GapReason::CatalogUnsettled => "catalog_unsettled",
+            GapReason::NoBeforeImage(_) => "no_before_image",
+            GapReason::Triggers { .. } => "triggers",
+            GapReason::Cascade { .. } => "cascade",
+            GapReason::Lost(_) => "store_lagging",
+            GapReason::StoreFailed => "store_failed",
+            GapReason::Legacy(_) => "legacy",
+        }
+    }
+
+    /// The write was recorded; only its before image is missing.
+    pub fn partial(&self) -> bool {
+        match self {
+            GapReason::NoBeforeImage(_) => true,
+            GapReason::Legacy(text) => text.ends_with(LEGACY_PARTIAL),
+            _ => false,
+        }
+    }
+}
+
+/// How schema-3 stores wrote a before-image gap's reason (`<why>: before image unavailable`),
+/// kept only to read those records.
+pub const LEGACY_PARTIAL: &str = ": before image unavailable";
 
 /// What kind of work a span stands for (OTLP's `SpanKind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -390,6 +605,43 @@ impl Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statement_spans_are_named_from_the_analysis_and_counts_read_once() {
+        let st = |verb: Option<&str>, tables: &[&str]| StatementRecord {
+            request: "r".into(),
+            at: 0,
+            duration: 1,
+            sql: String::new(),
+            tag: None,
+            sqlstate: None,
+            error: None,
+            parent_span: None,
+            verb: verb.map(str::to_string),
+            tables: tables.iter().map(|t| t.to_string()).collect(),
+            rows: None,
+        };
+        assert_eq!(
+            st(Some("insert"), &["orders"]).span_name(),
+            "db.insert(orders)"
+        );
+        assert_eq!(
+            st(Some("insert"), &["public.Orders"]).span_name(),
+            "db.insert(Orders)"
+        );
+        assert_eq!(
+            st(Some("select"), &["audit.log"]).span_name(),
+            "db.select(audit.log)"
+        );
+        assert_eq!(st(Some("begin"), &[]).span_name(), "db.begin");
+        assert_eq!(st(None, &[]).span_name(), "db.statement");
+        assert_eq!(tag_rows("INSERT 0 3"), Some(3));
+        assert_eq!(tag_rows("UPDATE 2"), Some(2));
+        assert_eq!(tag_rows("SELECT 0"), Some(0));
+        assert_eq!(tag_rows("BEGIN"), None);
+        assert_eq!(tag_rows("CREATE TABLE"), None);
+        assert_eq!(tag_rows(""), None);
+    }
 
     #[test]
     fn savepoint_rollback_undoes_only_its_range() {

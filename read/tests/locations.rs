@@ -2,7 +2,7 @@
 //! `fixtures/stacks/`, see its README): the innermost application frame, relative to the
 //! directory the application's frames share; runtimes' and packages' frames skipped.
 
-use flux_store::location::{app_frame, frames};
+use flux_read::location::{app_frame, frames};
 
 fn fixture(name: &str) -> String {
     let path = format!(

@@ -6,10 +6,11 @@
 use serde::Serialize;
 
 use crate::cause::Shape;
-use crate::db::{Store, StoreError};
-use crate::model::{Nanos, RequestSummary, SpanSource, StatementRecord};
-use crate::query::HistoryEntry;
-use crate::trace::{Location, Tree};
+use crate::location::Location;
+use crate::tree::Tree;
+use flux_store::model::{Nanos, RequestSummary, SpanSource, StatementRecord};
+use flux_store::query::HistoryEntry;
+use flux_store::{Store, StoreError};
 
 /// The failure a request's trouble started with.
 #[derive(Debug, Clone, Serialize)]
@@ -59,45 +60,43 @@ pub struct Why {
     pub root_failed: bool,
 }
 
-impl Store {
-    /// Assembles [`Why`] for a request id (exact, already resolved).
-    pub fn why(&self, request: &str) -> Result<Why, StoreError> {
-        let statements = self.request_statements(request)?;
-        let failed = statements.iter().find(|s| s.sqlstate.is_some()).cloned();
-        let tree = self.trace(request)?;
-        let root = tree.root_cause();
-        let root_failed = tree.root().is_some_and(crate::trace::is_failed);
-        let location = root.and_then(|i| tree.location(i));
-        let cause = match root {
-            Some(i) => Some(span_cause(&tree, i)),
-            None => failed.as_ref().map(|f| Cause {
-                message: f.error.clone().unwrap_or_else(|| "error".into()),
-                raw: f.error.clone().unwrap_or_else(|| "error".into()),
-                shape: Shape::Database,
-                peer: None,
-                status: None,
-                span: crate::trace::statement_span_name(&f.sql),
-                at: f.at,
-                sqlstate: f.sqlstate.clone(),
-                sql: Some(f.sql.clone()),
-            }),
-        };
-        let suggestion = cause.as_ref().and_then(|c| match &c.sqlstate {
-            Some(code) => suggestion(code, &c.raw),
-            None => shape_suggestion(c.shape, c.status).or_else(|| app_suggestion(&c.raw)),
-        });
-        Ok(Why {
-            request: request.to_string(),
-            summary: self.request(request)?,
-            cause,
-            location,
-            failed,
-            changes: self.request_history(request)?,
-            suggestion,
-            statements: statements.len(),
-            root_failed,
-        })
-    }
+/// Assembles [`Why`] for a request id (exact, already resolved).
+pub fn why(store: &Store, request: &str) -> Result<Why, StoreError> {
+    let statements = store.request_statements(request)?;
+    let failed = statements.iter().find(|s| s.sqlstate.is_some()).cloned();
+    let tree = crate::trace(store, request)?;
+    let root = tree.root_cause();
+    let root_failed = tree.root().is_some_and(crate::failure::is_failed);
+    let location = root.and_then(|i| tree.location(i));
+    let cause = match root {
+        Some(i) => Some(span_cause(&tree, i)),
+        None => failed.as_ref().map(|f| Cause {
+            message: f.error.clone().unwrap_or_else(|| "error".into()),
+            raw: f.error.clone().unwrap_or_else(|| "error".into()),
+            shape: Shape::Database,
+            peer: None,
+            status: None,
+            span: f.span_name(),
+            at: f.at,
+            sqlstate: f.sqlstate.clone(),
+            sql: Some(f.sql.clone()),
+        }),
+    };
+    let suggestion = cause.as_ref().and_then(|c| match &c.sqlstate {
+        Some(code) => suggestion(code, &c.raw),
+        None => shape_suggestion(c.shape, c.status).or_else(|| app_suggestion(&c.raw)),
+    });
+    Ok(Why {
+        request: request.to_string(),
+        summary: store.request(request)?,
+        cause,
+        location,
+        failed,
+        changes: store.request_history(request)?,
+        suggestion,
+        statements: statements.len(),
+        root_failed,
+    })
 }
 
 fn span_cause(tree: &Tree, i: usize) -> Cause {
@@ -172,7 +171,7 @@ pub fn suggestion(sqlstate: &str, message: &str) -> Option<&'static str> {
         "40P01" => "deadlock: take row locks in one consistent order across code paths, and retry the transaction",
         "40001" => "serialization failure: retry the whole transaction (expected under REPEATABLE READ/SERIALIZABLE)",
         "55P03" => "the row or table was locked (NOWAIT/lock_timeout): retry later or shorten the transaction holding it",
-        "57014" if message.contains("statement timeout") => {
+        "57014" if crate::failure::is_timeout(message) => {
             "statement timeout: look for a missing index or a lock wait; raise statement_timeout only if the work is legitimate"
         }
         "57014" => "the statement was cancelled (client timeout or cancel request): check the client's timeout",

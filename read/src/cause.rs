@@ -8,8 +8,9 @@
 
 use serde::Serialize;
 
-use crate::model::{Span, SpanKind, SpanSource};
-use crate::trace::{failure_message, Tree};
+use crate::failure::failure_message;
+use crate::tree::Tree;
+use flux_store::model::{Span, SpanKind, SpanSource};
 
 /// What kind of failure a span records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -90,14 +91,7 @@ pub fn read(tree: &Tree, i: usize) -> Reading {
     }
     let text = format!("{} {}", exception_type(span).unwrap_or_default(), raw).to_lowercase();
     let has = |words: &[&str]| words.iter().any(|w| text.contains(w));
-    if has(&[
-        "timeout",
-        "timed out",
-        "etimedout",
-        "deadline exceeded",
-        "deadline_exceeded",
-        "econnaborted",
-    ]) {
+    if crate::failure::is_timeout(&text) {
         let took = call_span.unwrap_or(span).duration();
         return reading(
             format!("{target} timeout after {}", seconds(took)),
@@ -177,7 +171,7 @@ fn client_call(tree: &Tree, i: usize) -> Option<usize> {
         let s = &tree.nodes[c].span;
         if s.kind == SpanKind::Client
             && s.source == SpanSource::App
-            && crate::trace::is_failed(s)
+            && crate::failure::is_failed(s)
             && best.is_none_or(|b| s.start < tree.nodes[b].span.start)
         {
             best = Some(c);
@@ -287,10 +281,22 @@ fn grpc_code(code: u32) -> String {
         .map_or_else(|| code.to_string(), |n| n.to_string())
 }
 
+/// A recorded text (an error, a statement) on one line: whitespace runs as one space, cut
+/// to `max` characters with `…`. The one way every layout and report shortens them.
+pub fn one_line(text: &str, max: usize) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > max {
+        let cut: String = flat.chars().take(max.saturating_sub(1)).collect();
+        format!("{cut}…")
+    } else {
+        flat
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::SpanEvent;
+    use flux_store::model::SpanEvent;
 
     fn span(id: &str, parent: Option<&str>, kind: SpanKind, attrs: &[(&str, &str)]) -> Span {
         Span {

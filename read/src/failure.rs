@@ -1,0 +1,74 @@
+//! What "failed" means, once: for a span, for an HTTP answer, and for a request. Every
+//! reader (`flux tail`, `trace`, `why`, replay's selection and judge, bisect, skipped
+//! spans) asks here.
+//!
+//! A request failed when something in it failed (a span with status ERROR or an
+//! exception: its root cause) or when its answer was a server error: HTTP 5xx, or no
+//! answer at all. A 4xx answer is the application working as designed (a missing page, a
+//! refused card): that is OpenTelemetry's convention for server spans, and what `flux
+//! tail` always showed. A request without an HTTP status (database only) fails only by
+//! its spans.
+
+use flux_store::model::{RequestSummary, Span};
+
+/// Whether an HTTP status is a server error (the request failed).
+pub fn failed_status(status: u16) -> bool {
+    status >= 500
+}
+
+/// Whether an HTTP answer failed: a server error, or no answer at all.
+pub fn answer_failed(status: Option<u16>) -> bool {
+    status.is_none_or(failed_status)
+}
+
+/// Whether a listed request failed: a recorded root cause, or a server-error status.
+pub fn request_failed(summary: &RequestSummary) -> bool {
+    summary.error.is_some() || summary.status.is_some_and(failed_status)
+}
+
+/// Whether a span failed: status ERROR, or an exception event.
+pub fn is_failed(span: &Span) -> bool {
+    span.error.is_some() || span.events.iter().any(|e| e.name == "exception")
+}
+
+/// A one-line account of a span's failure: the exception's type and message, else the
+/// status description, else `error`.
+pub fn failure_message(span: &Span) -> String {
+    let exception = span.events.iter().find(|e| e.name == "exception");
+    if let Some(e) = exception {
+        let get = |k: &str| {
+            e.attributes
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+                .filter(|v| !v.is_empty())
+        };
+        match (get("exception.type"), get("exception.message")) {
+            (Some(t), Some(m)) => return format!("{t}: {m}"),
+            (Some(t), None) => return t.to_string(),
+            (None, Some(m)) => return m.to_string(),
+            (None, None) => {}
+        }
+    }
+    match &span.error {
+        Some(m) if !m.is_empty() => m.clone(),
+        _ => "error".to_string(),
+    }
+}
+
+/// Whether a failure's text says it timed out (`Read timed out`, `ETIMEDOUT`, gRPC's
+/// `DEADLINE_EXCEEDED`, axios' `ECONNABORTED`): the one test, for causes, advice, diffs
+/// and replay's stubs.
+pub fn is_timeout(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    [
+        "timeout",
+        "timed out",
+        "etimedout",
+        "deadline exceeded",
+        "deadline_exceeded",
+        "econnaborted",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
+}
