@@ -308,7 +308,7 @@ impl Pending {
         }
         let error = match (&x.error, x.status) {
             (Some(e), _) => Some(e.clone()),
-            (None, Some(s)) if s >= 500 => Some(format!("HTTP {s}")),
+            (None, Some(s)) if flux_read::failure::failed_status(s) => Some(format!("HTTP {s}")),
             _ => None,
         };
         let span = Span {

@@ -45,9 +45,9 @@ pub struct Write {
 }
 
 impl Outcome {
-    /// Success status and no error.
+    /// An answer that is not a server error ([`flux_read::failure`]), and no error.
     pub fn passing(&self) -> bool {
-        self.error.is_none() && self.status.is_some_and(|s| s < 400)
+        self.error.is_none() && !flux_read::failure::answer_failed(self.status)
     }
 
     /// A one-line root cause: the error, else the status.
@@ -380,7 +380,10 @@ mod tests {
                 differs: None
             }
         );
-        assert!(!outcome(404, vec![], None).passing());
+        // One definition with `flux tail` (flux_read::failure): a 4xx answer is the app
+        // working, a 5xx one is not.
+        assert!(outcome(404, vec![], None).passing());
+        assert!(!outcome(502, vec![], None).passing());
         assert!(outcome(302, vec![], None).passing());
     }
 

@@ -23,6 +23,7 @@
 pub mod app;
 pub mod bisect;
 pub mod config;
+pub mod criterion;
 pub mod dns;
 pub mod git;
 pub mod isolation;

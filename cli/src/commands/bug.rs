@@ -101,7 +101,7 @@ fn run_bisect(args: BisectArgs) -> anyhow::Result<ExitCode> {
         require_isolation: args.setup.require_isolation,
         strict: args.setup.strict,
     };
-    bisect::criterion(req.fail_if.as_deref())?;
+    flux_replay::criterion::criterion(req.fail_if.as_deref())?;
     let mut on_event = |e: Event| {
         if !text {
             return;

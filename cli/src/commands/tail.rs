@@ -133,7 +133,7 @@ impl Filter {
 }
 
 fn failed(r: &RequestSummary) -> bool {
-    r.error.is_some() || r.status.is_some_and(|s| s >= 500)
+    flux_read::failure::request_failed(r)
 }
 
 struct Selection {
