@@ -428,7 +428,7 @@ pub async fn replay(
         what: format!("creating {}", run_dir.display()),
         source,
     })?;
-    let services = Services::start(&run_dir, scratch).await?;
+    let mut services = Services::start(&run_dir, scratch).await?;
     let names: SharedNames = Arc::default();
     let outbound = match &sandbox {
         Some(sb) => Outbound::start_in(&run_dir, sb, names.clone()).await?,
@@ -931,127 +931,85 @@ pub fn run_name(dir: &Path, replays: &Path) -> String {
 /// The replay-mode proxy, its OTLP receiver and the gateway, recording into the run's
 /// store; stopped by [`Services::stop`] or, failing that, when dropped.
 struct Services {
+    inner: flux_service::Services,
     store: Arc<Store>,
-    writer: Option<flux_store::Writer>,
     otlp: SocketAddr,
     /// The replay proxy's address.
     proxy: SocketAddr,
     database_url: String,
-    sink: Arc<flux_recorder::StoreSink>,
     shutdown: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Services {
+    /// The replay proxy, its recorder and OTLP receiver, started by the builder
+    /// `flux proxy` uses (so a replay is recorded as production is), on local ports.
     async fn start(run_dir: &Path, scratch: &str) -> Result<Services, ReplayError> {
-        let io = |what: &str| {
-            let what = what.to_string();
-            move |source| ReplayError::Io { what, source }
-        };
         let store_dir = run_dir.join("store");
-        let store = Arc::new(flux_read::open_writer(&store_dir).map_err(|source| {
-            ReplayError::RunStore {
-                path: store_dir.clone(),
-                source,
-            }
-        })?);
-        let writer = flux_store::Writer::start(store.clone(), flux_store::WriterConfig::default());
-        let sink = Arc::new(flux_recorder::StoreSink::new(
-            writer.handle(),
-            flux_store::Durability::Relaxed,
-        ));
-        let spans = Arc::new(flux_recorder::SpanWriter::new(writer.handle()));
-        let shutdown = CancellationToken::new();
-        let mut tasks = Vec::new();
-
         let upstream: flux_proxy::Upstream =
             scratch.parse().map_err(|e| ReplayError::Database {
                 url: hide_password(scratch),
                 reason: format!("{e}"),
             })?;
-        let config = flux_proxy::ProxyConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), upstream);
-        let proxy = flux_proxy::Proxy::bind(config, Some(sink.clone()))
+        let local = SocketAddr::from(([127, 0, 0, 1], 0));
+        let config = flux_service::Config {
+            proxy: flux_proxy::ProxyConfig::new(local, upstream),
+            record: Some(flux_service::Record {
+                data_dir: store_dir.clone(),
+                durability: flux_store::Durability::Relaxed,
+                retention: None,
+                redact: flux_recorder::Redactor::default(),
+                reject_on_store_failure: false,
+                upstream_label: None,
+            }),
+            otlp: Some(local),
+            gateway: None,
+            admin: None,
+        };
+        let inner = flux_service::Services::start(config)
             .await
-            .map_err(|e| ReplayError::Io {
-                what: "starting the replay proxy".into(),
-                source: std::io::Error::other(e),
+            .map_err(|e| match e {
+                flux_service::ServiceError::Store { path, source } => {
+                    ReplayError::RunStore { path, source }
+                }
+                other => ReplayError::Io {
+                    what: "starting the replay's proxy and OTLP receiver".into(),
+                    source: std::io::Error::other(other),
+                },
             })?;
-        let proxy_addr = proxy
-            .local_addr()
-            .map_err(io("reading the replay proxy's address"))?;
-        let stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move { proxy.run(stop).await }));
-
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(io("binding the replay's OTLP receiver"))?;
-        let otlp = listener
-            .local_addr()
-            .map_err(io("binding the replay's OTLP receiver"))?;
-        let stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) =
-                flux_ingest::http::serve(listener, spans, Default::default(), async move {
-                    stop.cancelled().await
-                })
-                .await
-            {
-                tracing::warn!(error = %e, "the replay's OTLP receiver stopped");
-            }
-        }));
+        let (Some(store), Some(otlp)) = (inner.store().cloned(), inner.otlp) else {
+            return Err(ReplayError::Io {
+                what: "starting the replay's recorder".into(),
+                source: std::io::Error::other("no store or OTLP receiver"),
+            });
+        };
         Ok(Services {
             store,
-            writer: Some(writer),
             otlp,
-            proxy: proxy_addr,
-            database_url: via_proxy(scratch, proxy_addr),
-            sink,
-            shutdown,
-            tasks,
+            proxy: inner.proxy,
+            database_url: via_proxy(scratch, inner.proxy),
+            shutdown: inner.shutdown(),
+            inner,
         })
     }
 
     /// A gateway in front of the app, recording the replayed exchanges like production's.
-    async fn gateway(&self, app_url: &str) -> Result<SocketAddr, ReplayError> {
+    async fn gateway(&mut self, app_url: &str) -> Result<SocketAddr, ReplayError> {
         let config =
             flux_ingest::gateway::GatewayConfig::new(app_url).map_err(|e| ReplayError::Io {
                 what: "starting the replay's gateway (check [app] url)".into(),
                 source: std::io::Error::other(e),
             })?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        self.inner
+            .add_gateway(SocketAddr::from(([127, 0, 0, 1], 0)), config)
             .await
-            .map_err(|source| ReplayError::Io {
+            .map_err(|e| ReplayError::Io {
                 what: "binding the replay's gateway".into(),
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| ReplayError::Io {
-            what: "binding the replay's gateway".into(),
-            source,
-        })?;
-        let sink = self.sink.clone();
-        let stop = self.shutdown.clone();
-        // Stopped with the rest (cancelled token), not awaited: its connections are done.
-        drop(tokio::spawn(flux_ingest::gateway::serve(
-            listener, config, sink, stop,
-        )));
-        Ok(addr)
+                source: std::io::Error::other(e),
+            })
     }
 
-    async fn stop(mut self) {
-        self.shutdown.cancel();
-        for t in self.tasks.drain(..) {
-            let _ = t.await;
-        }
-        if let Some(w) = self.writer.take() {
-            // Joins the writer thread: off the async workers.
-            let _ = tokio::task::spawn_blocking(move || w.stop()).await;
-        }
-    }
-}
-
-impl Drop for Services {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
+    async fn stop(self) {
+        self.inner.stop().await;
     }
 }
 

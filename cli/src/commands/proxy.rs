@@ -4,15 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use std::sync::Arc;
-
 use anyhow::Context;
 use clap::Args;
-use flux_proxy::{EventSink, Proxy, ProxyConfig, Upstream};
-use flux_store::{Durability, Writer, WriterConfig};
-
-use flux_recorder::{SpanWriter, StoreSink};
-use tokio_util::sync::CancellationToken;
+use flux_proxy::{ProxyConfig, Upstream};
+use flux_store::Durability;
 
 /// Arguments of `flux proxy`.
 #[derive(Debug, Args)]
@@ -226,83 +221,37 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         DurabilityArg::Relaxed => Durability::Relaxed,
         DurabilityArg::Strict => Durability::Strict,
     };
-    // The writer thread lives as long as this function; dropping it flushes and syncs.
-    let mut writer = None;
-    let mut retention = None;
-    let mut span_sink = None;
-    let mut exchange_sink = None;
-    let mut sources = flux_admin::Sources::default();
-    let otlp_stats = Arc::new(flux_ingest::http::OtlpStats::default());
-    let sink: Option<Arc<dyn EventSink>> = match &capture {
-        None => None,
-        Some(dir) => {
-            let store = flux_read::open_writer(dir).with_context(|| {
-                format!(
-                    "opening the store in {} (is another flux proxy using it?)",
-                    dir.display()
-                )
-            })?;
-            let w = Writer::start(
-                Arc::new(store),
-                WriterConfig {
-                    durability,
-                    ..WriterConfig::default()
-                },
-            );
-            if args.retain.is_some() || args.retain_size.is_some() {
-                let policy = flux_store::Policy {
-                    max_age: args.retain,
-                    max_size: args.retain_size.map(|s| s as u64),
-                };
-                let (tx, rx) = std::sync::mpsc::channel();
-                let every = retention_interval(args.retain);
-                let thread = flux_store::retention::spawn(w.handle().slot(), policy, every, rx)
-                    .context("starting the retention thread")?;
-                tracing::info!(
-                    retain = ?args.retain,
-                    retain_size = ?args.retain_size,
-                    every = ?every,
-                    "retention on"
-                );
-                retention = Some((tx, thread));
-            }
-            let mut store_sink = StoreSink::new(w.handle(), durability)
-                .with_upstream(config.upstream.addr())
-                .with_redaction(redact.clone());
-            if args.on_store_failure == OnStoreFailure::Reject {
-                tracing::info!("writes are refused while the store cannot keep them (--on-store-failure=reject)");
-                store_sink = store_sink.rejecting();
-            }
-            let sink = Arc::new(store_sink);
-            sources.capture = Some(sink.stats.clone());
-            sources.writer = Some(w.handle().stats().clone());
-            sources.store_dir = Some(dir.clone());
-            span_sink = Some(Arc::new(
-                SpanWriter::new(w.handle()).with_redaction(redact.clone()),
-            ));
-            exchange_sink = Some(sink.clone());
-            writer = Some(w);
-            Some(sink)
-        }
-    };
-
-    if args.otlp.is_some() && span_sink.is_none() {
+    let record = capture.map(|dir| flux_service::Record {
+        data_dir: dir,
+        durability,
+        retention: (args.retain.is_some() || args.retain_size.is_some()).then(|| {
+            let policy = flux_store::Policy {
+                max_age: args.retain,
+                max_size: args.retain_size.map(|s| s as u64),
+            };
+            (policy, retention_interval(args.retain))
+        }),
+        redact,
+        reject_on_store_failure: args.on_store_failure == OnStoreFailure::Reject,
+        upstream_label: Some(config.upstream.addr()),
+    });
+    if args.otlp.is_some() && record.is_none() {
         anyhow::bail!("--otlp needs capture on (a --data-dir to record the spans into)");
     }
-    let gateway = match (args.http_listen, &args.http_upstream, exchange_sink) {
-        (Some(addr), Some(upstream), Some(sink)) => {
-            let mut config = flux_ingest::gateway::GatewayConfig::new(upstream)?;
-            config.body_limit = args.http_body_limit;
-            config.redact = args
+    let gateway = match (args.http_listen, &args.http_upstream) {
+        (Some(_), _) if record.is_none() => anyhow::bail!(
+            "--http-listen needs capture on (a --data-dir to record the requests into)"
+        ),
+        (Some(addr), Some(upstream)) => {
+            let mut gateway = flux_ingest::gateway::GatewayConfig::new(upstream)?;
+            gateway.body_limit = args.http_body_limit;
+            gateway.redact = args
                 .http_redact
                 .iter()
                 .map(|h| h.trim().to_ascii_lowercase())
                 .collect();
-            Some((addr, config, sink))
+            Some((addr, gateway))
         }
-        (Some(_), _, None) => anyhow::bail!(
-            "--http-listen needs capture on (a --data-dir to record the requests into)"
-        ),
         _ => None,
     };
     let workers = args.workers.unwrap_or_else(default_workers);
@@ -319,135 +268,31 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let upstream_addr = config.upstream.addr();
+    let capture = record.is_some();
+    let services = flux_service::Config {
+        proxy: config,
+        record,
+        otlp: args.otlp,
+        gateway,
+        admin: args.admin,
+    };
     runtime.block_on(async move {
-        let upstream_addr = config.upstream.addr();
-        // The OTLP receiver is up before the proxy says it is listening.
-        let shutdown = CancellationToken::new();
-        let otlp = match (args.otlp, span_sink) {
-            (Some(otlp_addr), Some(spans)) => {
-                let listener = tokio::net::TcpListener::bind(otlp_addr)
-                    .await
-                    .with_context(|| format!("binding --otlp {otlp_addr}"))?;
-                tracing::info!(
-                    "receiving OTLP/HTTP traces on http://{}/v1/traces",
-                    listener.local_addr()?
-                );
-                let stop = shutdown.clone();
-                sources.otlp = Some(otlp_stats.clone());
-                Some(tokio::spawn(flux_ingest::http::serve(
-                    listener,
-                    spans,
-                    otlp_stats,
-                    async move { stop.cancelled().await },
-                )))
-            }
-            _ => None,
-        };
-        let gateway = match gateway {
-            Some((addr, config, sink)) => {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("binding --http-listen {addr}"))?;
-                tracing::info!(
-                    upstream = %config.upstream,
-                    "recording HTTP requests on http://{}",
-                    listener.local_addr()?
-                );
-                Some(tokio::spawn(flux_ingest::gateway::serve(
-                    listener,
-                    config,
-                    sink,
-                    shutdown.clone(),
-                )))
-            }
-            None => None,
-        };
-        let upstream = Arc::new(config.upstream.clone());
-        let proxy = Proxy::bind(config, sink).await?;
-        let addr = proxy.local_addr()?;
-        sources.proxy = Some(proxy.stats());
-        let admin = match args.admin {
-            Some(admin_addr) => {
-                let listener = tokio::net::TcpListener::bind(admin_addr)
-                    .await
-                    .with_context(|| format!("binding --admin {admin_addr}"))?;
-                tracing::info!(
-                    "serving metrics on http://{}/metrics (and /healthz, /readyz)",
-                    listener.local_addr()?
-                );
-                let readiness = flux_admin::Readiness {
-                    upstream,
-                    writer: sources.writer.clone(),
-                };
-                let stop = shutdown.clone();
-                Some(tokio::spawn(flux_admin::serve(
-                    listener,
-                    sources,
-                    readiness,
-                    async move { stop.cancelled().await },
-                )))
-            }
-            None => None,
-        };
-        if capture.is_some() {
-            // Say it now, not at the first write: capture that cannot read the catalog
-            // records every write as a gap.
-            let probe = proxy.probe_catalog();
-            tokio::spawn(async move {
-                match probe.await {
-                    Ok((database, user, n)) => tracing::info!(
-                        database,
-                        user,
-                        relations = n,
-                        "capture reads the catalog"
-                    ),
-                    Err(e) => tracing::error!(
-                        "CAPTURE CANNOT READ THE CATALOG ({e}): writes will be recorded as gaps, not rows. \
-                         Give capture a login with --catalog-user ROLE and FLUX_CATALOG_PASSWORD (or FLUX_CATALOG_URL), \
-                         or the role's password in --upstream, or let the server trust the proxy's host"
-                    ),
-                }
-            });
-        }
+        let services = flux_service::Services::start(services).await?;
         tracing::info!(
             upstream = %upstream_addr,
             workers,
-            capture = capture.is_some(),
-            "listening on {addr}"
+            capture,
+            "listening on {}",
+            services.proxy
         );
-        let signals = shutdown.clone();
+        let signals = services.shutdown();
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("signal received");
             signals.cancel();
         });
-        proxy.run(shutdown).await;
-        if let Some(gateway) = gateway {
-            if let Err(e) = gateway.await {
-                tracing::error!(error = %e, "the HTTP gateway panicked");
-            }
-        }
-        if let Some(admin) = admin {
-            match admin.await {
-                Ok(Err(e)) => tracing::error!(error = %e, "the admin endpoint failed"),
-                Err(e) => tracing::error!(error = %e, "the admin endpoint panicked"),
-                Ok(Ok(())) => {}
-            }
-        }
-        if let Some(otlp) = otlp {
-            match otlp.await {
-                Ok(Err(e)) => tracing::error!(error = %e, "the OTLP receiver failed"),
-                Err(e) => tracing::error!(error = %e, "the OTLP receiver panicked"),
-                Ok(Ok(())) => {}
-            }
-        }
-        if let Some((stop, thread)) = retention.take() {
-            drop(stop);
-            let _ = thread.join();
-        }
-        if let Some(w) = writer.take() {
-            w.stop();
-        }
+        services.wait().await;
         tracing::info!("stopped");
         Ok(())
     })
