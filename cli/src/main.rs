@@ -4,6 +4,7 @@
 
 mod commands;
 mod output;
+mod render;
 
 use std::process::ExitCode;
 

@@ -122,7 +122,7 @@ fn fifo_survives_any_message_order() {
 
 #[test]
 fn capture_decoders_and_analysis_survive_any_input() {
-    use flux_proxy::capture::{plan, rewrite};
+    use flux_proxy::capture::{analysis, plan};
     let mut rng = Rng(0xfeed_beef);
     // Pieces of SQL, glued at random, so the parser sees near-valid statements too.
     let pieces = [
@@ -168,11 +168,11 @@ fn capture_decoders_and_analysis_survive_any_input() {
         for _ in 0..rng.below(8) {
             sql.push_str(pieces[rng.below(pieces.len())]);
         }
-        let a = rewrite::analyze(&sql);
+        let a = analysis::analyze(&sql);
         for step in &a.steps {
             assert!(step.insert_at <= sql.len() && sql.is_char_boundary(step.insert_at));
         }
-        let _ = rewrite::split_trailing_comment(&sql);
+        let _ = flux_proxy::capture::request_id::split_trailing_comment(&sql);
         let confirmed = flux_proxy::capture::role::RoleState::new("app");
         let (mut pending, mut unsettled, mut prepared) = (Vec::new(), false, Default::default());
         let mut cx = plan::Context {

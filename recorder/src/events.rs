@@ -205,7 +205,7 @@ impl StoreSink {
                 rows,
                 ..
             } => Record::Statement(StatementRecord {
-                parent_span: flux_proxy::capture::rewrite::sqlcommenter_traceparent(&sql)
+                parent_span: flux_proxy::capture::request_id::sqlcommenter_traceparent(&sql)
                     .filter(|(trace, _)| *trace == request)
                     .map(|(_, span)| span),
                 request,

@@ -28,6 +28,7 @@ use rocksdb::{
 use crate::keys;
 use std::collections::BTreeMap;
 
+pub(crate) use crate::layout::*;
 use crate::model::{
     Exchange, Gap, Mutation, Nanos, Record, Replayed, RequestSummary, Source, Span,
     StatementRecord, TxEvent, TxId, TxRecord,
@@ -42,30 +43,6 @@ pub const SCHEMA_VERSION: u32 = 4;
 
 /// The oldest layout the writer upgrades in place ([`crate::upgrade`]).
 const UPGRADABLE_FROM: u64 = 2;
-
-pub(crate) const META: &str = "meta";
-pub(crate) const MUTATIONS: &str = "mutations";
-pub(crate) const MUTATIONS_BY_REQUEST: &str = "mutations_by_request";
-pub(crate) const TX: &str = "tx";
-pub(crate) const GAPS: &str = "gaps";
-pub(crate) const STATEMENTS: &str = "statements";
-pub(crate) const SPANS: &str = "spans";
-pub(crate) const REQUESTS: &str = "requests";
-pub(crate) const REQUESTS_BY_TIME: &str = "requests_by_time";
-pub(crate) const EXCHANGES: &str = "exchanges";
-/// Every column family.
-pub(crate) const FAMILIES: [&str; 10] = [
-    META,
-    REQUESTS,
-    REQUESTS_BY_TIME,
-    SPANS,
-    STATEMENTS,
-    MUTATIONS,
-    MUTATIONS_BY_REQUEST,
-    TX,
-    GAPS,
-    EXCHANGES,
-];
 
 /// Up to this many spans a request's summary is rebuilt from its whole tree on each write.
 const REBUILD_LIMIT: usize = 5_000;
@@ -174,7 +151,7 @@ pub struct Store {
     /// advance together, whoever calls it.
     pub(crate) write_lock: Mutex<()>,
     /// Records older than this (ns) are dropped by compaction where a compaction filter
-    /// decides ([`crate::retention`]); 0 keeps everything.
+    /// decides ([`crate::compaction`]); 0 keeps everything.
     pub(crate) floor: Arc<AtomicU64>,
     /// A secondary's own directory, removed on drop.
     _secondary: Option<tempfile::TempDir>,
@@ -211,7 +188,7 @@ impl Store {
         let floor = Arc::new(AtomicU64::new(0));
         let cfs = FAMILIES.iter().map(|name| {
             let mut o = options();
-            crate::retention::configure(name, &mut o, &floor);
+            crate::compaction::configure(name, &mut o, &floor);
             ColumnFamilyDescriptor::new(*name, o)
         });
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(rocks)?;

@@ -3,6 +3,8 @@
 //! - [`model`]: the records (`flux-record`, re-exported): mutations with before/after
 //!   images, transaction events, typed gaps, statements, spans, and how a mutation's
 //!   outcome is resolved.
+//! - [`layout`]: the column families.
+//! - [`compaction`]: compaction filters dropping unowned records past retention.
 //! - [`keys`]: order-preserving key encodings.
 //! - [`db`]: the RocksDB layout, writing batches, reading as a live secondary.
 //! - [`writer`]: the batched writer thread behind a bounded channel, with durability modes.
@@ -22,8 +24,10 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod compaction;
 pub mod db;
 pub mod keys;
+pub mod layout;
 pub mod query;
 pub mod retention;
 pub mod stats;

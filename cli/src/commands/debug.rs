@@ -16,7 +16,7 @@ use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
 use ratatui::{DefaultTerminal, Frame};
 
 use super::state::{open_request, short};
-use super::trace::duration;
+use crate::render::duration;
 
 /// Runs the debugger on a request of the record in `dir`.
 pub fn run(dir: &Path, given: &str) -> anyhow::Result<()> {

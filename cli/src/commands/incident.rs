@@ -15,8 +15,8 @@ use flux_replay::run::{self, Options, Progress, Report, Selection, VerdictView};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::state::short;
-use super::trace::duration;
 use crate::output::out;
+use crate::render::duration;
 
 /// `flux incident`.
 #[derive(Debug, Subcommand)]

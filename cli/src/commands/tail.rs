@@ -14,7 +14,7 @@ use flux_store::{RequestSummary, Store};
 use serde_json::json;
 
 use super::state::{local, one_line, open, short, Format};
-use super::trace::duration;
+use crate::render::duration;
 use flux_recorder::nanos;
 
 /// `flux tail`.

@@ -2,6 +2,7 @@
 //! statements inline) and `flux trace diff A B` (two requests aligned span by span).
 
 use crate::output::out;
+use crate::render::duration;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
@@ -94,18 +95,6 @@ pub fn run(args: TraceArgs) -> anyhow::Result<()> {
             run_trace(&dir, request, format)
         }
         (None, None) => anyhow::bail!("give a request id: flux trace ID"),
-    }
-}
-
-/// `12ms`, `0.4ms`, `3.2s`.
-pub(crate) fn duration(ns: u64) -> String {
-    let ms = ns as f64 / 1e6;
-    if ms < 1.0 {
-        format!("{ms:.1}ms")
-    } else if ms < 10_000.0 {
-        format!("{}ms", ms.round() as u64)
-    } else {
-        format!("{:.1}s", ms / 1000.0)
     }
 }
 

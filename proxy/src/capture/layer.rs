@@ -15,11 +15,13 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
+use super::analysis::{self, Analysis, Kind};
 use super::catalog::{self, Catalog, Snapshot};
 use super::event::{CaptureEvent, EventSink, SessionId, TxOutcome};
 use super::plan::{self, StepPlan};
 use super::refuse;
-use super::rewrite::{self, Analysis, Kind, RoleChange};
+use super::request_id;
+use super::role::RoleChange;
 use super::role::{self, RoleState};
 use super::txn::Tracker;
 use crate::message::{self, backend_tag as bt, tag};
@@ -127,12 +129,12 @@ impl Planner {
     /// The analysis of `sql` (its body without a trailing sqlcommenter comment), cached.
     fn analyze(&mut self, sql: &[u8]) -> Option<(Arc<Analysis>, Option<String>)> {
         let text = std::str::from_utf8(sql).ok()?;
-        let (body, comment) = rewrite::split_trailing_comment(text);
-        let trailing = comment.and_then(rewrite::sqlcommenter_request_id);
+        let (body, comment) = request_id::split_trailing_comment(text);
+        let trailing = comment.and_then(request_id::sqlcommenter_request_id);
         if let Some(a) = self.analyses.get(body.as_bytes()) {
             return Some((a.clone(), trailing));
         }
-        let analysis = Arc::new(rewrite::analyze(body));
+        let analysis = Arc::new(analysis::analyze(body));
         if self.analyses.len() >= ANALYSIS_CACHE {
             self.analyses.clear();
         }
@@ -544,7 +546,7 @@ fn plan_frontend(
                                 frame,
                                 at,
                                 &codes,
-                                rewrite::CAPTURE_COLUMNS,
+                                super::returning::CAPTURE_COLUMNS,
                             ));
                         }
                     }

@@ -12,11 +12,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use std::collections::HashMap;
 
+use crate::capture::analysis::{self, Analysis, Kind, WriteOp};
 use crate::capture::catalog::{CatalogError, Lookup, Snapshot, TableInfo};
 use crate::capture::event::GapReason;
-use crate::capture::rewrite::{
-    self, Analysis, Kind, RoleChange, SetRequest, WriteOp, CAPTURE_COLUMNS,
-};
+use crate::capture::request_id::SetRequest;
+use crate::capture::returning::CAPTURE_COLUMNS;
+use crate::capture::role::RoleChange;
 use crate::capture::role::{self, RoleState};
 
 /// The session's decision for one statement, carried with it through the response FIFO.
@@ -142,7 +143,8 @@ pub fn plan(
                 let table = write.table.join(".");
                 match decide(write, whole, cx, &mut unknown_table) {
                     Ok((t, returning)) => {
-                        let (text, note) = rewrite::appendix(write, &t.pk, returning);
+                        let (text, note) =
+                            crate::capture::returning::appendix(write, &t.pk, returning);
                         if let Some(prefix) = sql.get(copied..step.insert_at) {
                             out.push_str(prefix);
                             out.push_str(&text);
@@ -234,7 +236,7 @@ pub fn plan(
 /// Whether a write may be rewritten: the table it resolves to and whether the server has
 /// `RETURNING old/new`, or why not.
 fn decide(
-    write: &rewrite::Write,
+    write: &analysis::Write,
     whole: bool,
     cx: &Context<'_>,
     unknown_table: &mut bool,
@@ -285,14 +287,7 @@ fn decide(
     ))
 }
 
-/// How a write's appended `RETURNING` reads its images.
-#[derive(Debug, Clone, Copy)]
-pub struct Returning {
-    /// PostgreSQL 18's `RETURNING old/new`.
-    pub old_new: bool,
-    /// Read back each row's `tableoid`.
-    pub table_oid: bool,
-}
+pub use crate::capture::returning::Returning;
 
 /// What a write to `t` may change beyond the rows it returns.
 fn unseen(t: &TableInfo, op: WriteOp) -> Vec<(Option<String>, GapReason)> {
@@ -525,7 +520,7 @@ mod tests {
                 unsettled: &mut self.unsettled,
                 prepared: &mut self.prepared,
             };
-            plan(sql, &rewrite::analyze(sql), Some("req-1"), &mut cx)
+            plan(sql, &analysis::analyze(sql), Some("req-1"), &mut cx)
         }
     }
 

@@ -13,7 +13,31 @@
 //! against [`candidates`]: the confirmed role plus every role a pending change may lead
 //! to, and rewrites a write only when all of them may read it.
 
-use crate::capture::rewrite::RoleChange;
+/// A change of the session's effective role (`SET ROLE`, `SET SESSION AUTHORIZATION`,
+/// their `RESET`s, `set_config('role', …)`), which decides what capture may read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoleChange {
+    /// `SET [LOCAL] ROLE name` (`None`: `NONE`, `DEFAULT`, `RESET ROLE`).
+    Role {
+        /// Until the transaction ends.
+        local: bool,
+        /// The role.
+        to: Option<String>,
+    },
+    /// `SET [LOCAL] SESSION AUTHORIZATION name` (`None`: `DEFAULT`, `RESET`); also resets
+    /// the role.
+    SessionAuthorization {
+        /// Until the transaction ends.
+        local: bool,
+        /// The user.
+        to: Option<String>,
+    },
+    /// `DISCARD ALL`: session authorization and role back to the login user's.
+    Discard,
+    /// Something changes the role to a value the proxy cannot know (`set_config('role',
+    /// $1, …)` with a computed value, a `DO` block that mentions roles).
+    Unknown,
+}
 
 /// The role settings at one moment: `SET SESSION AUTHORIZATION` and `SET ROLE`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

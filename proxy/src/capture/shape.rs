@@ -3,7 +3,7 @@
 
 use sqlparser::ast::{FromTable, SetExpr, Statement, TableFactor, TableObject, TableWithJoins};
 
-use crate::capture::rewrite::name_parts;
+use crate::capture::names::name_parts;
 
 /// The tables a parsed statement names as what it acts on: a write's target, a query's
 /// top-level `FROM` tables (joins included, subqueries not), in order; schema-qualified as
@@ -49,7 +49,7 @@ fn from_item(item: &TableWithJoins, out: &mut Vec<String>) {
 
 #[cfg(test)]
 mod tests {
-    use crate::capture::rewrite::analyze;
+    use crate::capture::analysis::analyze;
 
     #[test]
     fn verbs_and_tables_come_from_the_analysis() {

@@ -19,9 +19,10 @@
 
 use std::time::SystemTime;
 
+use crate::capture::analysis::{Kind, WriteOp};
 use crate::capture::event::{CaptureEvent, MutationEvent, Op, SessionId, TxOutcome};
 use crate::capture::plan::{key_of, CapturePlan, Images, StepPlan};
-use crate::capture::rewrite::{Kind, SetRequest, WriteOp};
+use crate::capture::request_id::SetRequest;
 use crate::capture::role::{RoleState, Saved};
 
 #[derive(Debug)]
@@ -304,7 +305,7 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::rewrite::WriteOp;
+    use crate::capture::analysis::WriteOp;
     use std::sync::Arc;
 
     fn step(kind: Kind) -> StepPlan {
@@ -442,7 +443,7 @@ mod tests {
 
     #[test]
     fn role_changes_follow_transactions() {
-        use crate::capture::rewrite::RoleChange;
+        use crate::capture::role::RoleChange;
         let mut t = Tracker::new(1, "app");
         let mut out = Vec::new();
         let mut set_role = step(Kind::Other);

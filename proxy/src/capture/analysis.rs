@@ -1,4 +1,4 @@
-//! Statement analysis and the capture rewrite.
+//! Statement analysis: what each statement of a SQL string is, for capture.
 //!
 //! [`analyze`] splits a SQL string (a simple query may hold several statements) with
 //! `sqlparser`'s tokenizer, parses each statement, and says what it is: a write the proxy
@@ -8,24 +8,21 @@
 //! original text is only ever appended to, never re-printed from the AST, so what the
 //! server parses is the app's statement plus our suffix.
 
-use std::fmt::Write as _;
-
 use sqlparser::ast::{
-    self, AssignmentTarget, FromTable, ObjectName, ObjectNamePart, OnConflictAction, OnInsert,
-    SetExpr, Statement, TableFactor, TableObject,
+    self, AssignmentTarget, FromTable, ObjectName, OnConflictAction, OnInsert, SetExpr, Statement,
+    TableFactor, TableObject,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer, Whitespace};
 
 pub use crate::capture::event::GapReason;
-
-/// How many columns the rewrite appends to a write's result: before image, after image
-/// and the row's `tableoid`.
-pub const CAPTURE_COLUMNS: usize = 3;
-
-/// The GUC an app sets to tag its statements with a request id.
-pub const REQUEST_ID_SETTING: &str = "flux.request_id";
+use crate::capture::names::{ident, last_part_sql, name_parts};
+use crate::capture::request_id::{
+    is_request_setting, literal_string, set_config_call, sqlcommenter_request_id, SetConfigValue,
+    SetRequest, REQUEST_ID_SETTING,
+};
+pub use crate::capture::role::RoleChange;
 
 /// What a SQL string holds, statement by statement, in execution order.
 #[derive(Debug, Clone, Default)]
@@ -57,44 +54,6 @@ pub struct Step {
     pub verb: Option<String>,
     /// The tables it acts on ([`crate::capture::shape::tables`]).
     pub tables: Vec<String>,
-}
-
-/// A change of the session's effective role (`SET ROLE`, `SET SESSION AUTHORIZATION`,
-/// their `RESET`s, `set_config('role', …)`), which decides what capture may read back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RoleChange {
-    /// `SET [LOCAL] ROLE name` (`None`: `NONE`, `DEFAULT`, `RESET ROLE`).
-    Role {
-        /// Until the transaction ends.
-        local: bool,
-        /// The role.
-        to: Option<String>,
-    },
-    /// `SET [LOCAL] SESSION AUTHORIZATION name` (`None`: `DEFAULT`, `RESET`); also resets
-    /// the role.
-    SessionAuthorization {
-        /// Until the transaction ends.
-        local: bool,
-        /// The user.
-        to: Option<String>,
-    },
-    /// `DISCARD ALL`: session authorization and role back to the login user's.
-    Discard,
-    /// Something changes the role to a value the proxy cannot know (`set_config('role',
-    /// $1, …)` with a computed value, a `DO` block that mentions roles).
-    Unknown,
-}
-
-/// A change of the request id the app made with `SET`, `RESET` or `set_config`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SetRequest {
-    /// `SET LOCAL` / `set_config(…, true)`: until the transaction ends.
-    pub local: bool,
-    /// The new value; `None` for `RESET` / `SET … TO DEFAULT`.
-    pub value: Option<String>,
-    /// The value is this bind parameter (`set_config('flux.request_id', $1, true)`),
-    /// 1-based; the session fills `value` from each `Bind`.
-    pub param: Option<usize>,
 }
 
 /// The kinds of statement capture cares about.
@@ -404,28 +363,6 @@ impl<'a> LineOffsets<'a> {
     }
 }
 
-fn ident(i: &ast::Ident) -> String {
-    if i.quote_style.is_some() {
-        i.value.clone()
-    } else {
-        i.value.to_lowercase()
-    }
-}
-
-pub(crate) fn name_parts(name: &ObjectName) -> Vec<String> {
-    name.0
-        .iter()
-        .map(|p| match p {
-            ObjectNamePart::Identifier(i) => ident(i),
-            other => other.to_string(),
-        })
-        .collect()
-}
-
-fn last_part_sql(name: &ObjectName) -> String {
-    name.0.last().map(|p| p.to_string()).unwrap_or_default()
-}
-
 fn column_of(target: &ObjectName) -> Option<String> {
     name_parts(target).pop()
 }
@@ -664,98 +601,6 @@ pub fn classify(statement: &Statement) -> Kind {
     }
 }
 
-fn is_request_setting(name: &ObjectName) -> bool {
-    name_parts(name).join(".") == REQUEST_ID_SETTING
-}
-
-fn literal_string(e: &ast::Expr) -> Option<String> {
-    match e {
-        ast::Expr::Value(v) => match &v.value {
-            ast::Value::SingleQuotedString(s) => Some(s.clone()),
-            ast::Value::Number(n, _) => Some(n.clone()),
-            _ => None,
-        },
-        ast::Expr::Identifier(i) if !i.value.eq_ignore_ascii_case("default") => {
-            Some(i.value.clone())
-        }
-        _ => None,
-    }
-}
-
-/// A `set_config('<setting>', <value>, <is_local>)` call found among a statement's tokens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct SetConfigCall {
-    local: bool,
-    value: SetConfigValue,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum SetConfigValue {
-    Literal(String),
-    /// A bind parameter, 1-based.
-    Param(usize),
-    /// Anything else (an expression, a column): the value is not known here.
-    Computed,
-}
-
-impl SetConfigCall {
-    /// As a request-id change (a computed value is not one the proxy can know).
-    fn request(self) -> Option<SetRequest> {
-        let (value, param) = match self.value {
-            SetConfigValue::Literal(v) => (Some(v), None),
-            SetConfigValue::Param(n) => (None, Some(n)),
-            SetConfigValue::Computed => return None,
-        };
-        Some(SetRequest {
-            local: self.local,
-            value,
-            param,
-        })
-    }
-}
-
-/// Finds `set_config('<setting>', <value>, <is_local>)` among a statement's significant
-/// tokens.
-fn set_config_call(real: &[&Token], setting: &str) -> Option<SetConfigCall> {
-    // Skips a `::type` cast at `i`, returning the index after it.
-    let skip_cast = |i: usize| match (real.get(i), real.get(i + 1)) {
-        (Some(Token::DoubleColon), Some(Token::Word(_))) => i + 2,
-        _ => i,
-    };
-    (0..real.len()).find_map(|i| {
-        let head = real.get(i..i + 4)?;
-        let [Token::Word(f), Token::LParen, Token::SingleQuotedString(name), Token::Comma] = head
-        else {
-            return None;
-        };
-        if !f.value.eq_ignore_ascii_case("set_config") || !name.eq_ignore_ascii_case(setting) {
-            return None;
-        }
-        let (value, next) = match real.get(i + 4)? {
-            Token::SingleQuotedString(v) => (SetConfigValue::Literal(v.clone()), i + 5),
-            Token::Placeholder(p) => match p.strip_prefix('$').and_then(|n| n.parse().ok()) {
-                Some(n) => (SetConfigValue::Param(n), i + 5),
-                None => (SetConfigValue::Computed, i + 5),
-            },
-            _ => (SetConfigValue::Computed, i + 5),
-        };
-        let j = skip_cast(next);
-        let local = match (real.get(j), real.get(j + 1)) {
-            (Some(Token::Comma), Some(Token::Word(local))) => {
-                local.value.eq_ignore_ascii_case("true")
-            }
-            // A computed value or flag: what it sets is unknown, local or not.
-            _ => {
-                return Some(SetConfigCall {
-                    local: false,
-                    value: SetConfigValue::Computed,
-                })
-            }
-        };
-        Some(SetConfigCall { local, value })
-    })
-}
-
 /// How a statement changes the session's role, from its tokens: `SET [SESSION | LOCAL]
 /// ROLE …`, `SET … SESSION AUTHORIZATION …`, the generic `SET role = …` /
 /// `SET session_authorization TO …`, `RESET ROLE`, `RESET SESSION AUTHORIZATION`,
@@ -856,166 +701,6 @@ fn role_change(real: &[&Token], words: &Words, text: &str) -> Option<RoleChange>
             None
         }
     }
-}
-
-/// The `key='value'` pairs of a sqlcommenter comment body, values URL-decoded. Values are
-/// quoted per the spec, but some commenters (OpenTelemetry's Python dbapi) emit bare
-/// numbers: those pairs are skipped rather than giving up on the comment.
-fn sqlcommenter_pairs(comment: &str) -> impl Iterator<Item = (&str, String)> {
-    comment.split(',').filter_map(|pair| {
-        let (key, value) = pair.trim().split_once('=')?;
-        let value = value.trim().strip_prefix('\'')?.strip_suffix('\'')?;
-        Some((key.trim(), percent_decode(value)))
-    })
-}
-
-/// A `traceparent` value's trace id and, when well-formed, its parent span id (lowercase).
-fn traceparent(value: &str) -> Option<(String, Option<String>)> {
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    let mut parts = value.split('-');
-    let (_version, trace) = (parts.next()?, parts.next()?);
-    let span = parts.next().filter(|s| hex(s, 16));
-    hex(trace, 32).then(|| {
-        (
-            trace.to_ascii_lowercase(),
-            span.map(|s| s.to_ascii_lowercase()),
-        )
-    })
-}
-
-/// The request id in a sqlcommenter comment body (`key='value',…`, values URL-encoded):
-/// `traceparent`'s trace id, else `request_id`.
-pub fn sqlcommenter_request_id(comment: &str) -> Option<String> {
-    let mut request_id = None;
-    for (key, value) in sqlcommenter_pairs(comment) {
-        match key {
-            "traceparent" => {
-                if let Some((trace, _)) = traceparent(&value) {
-                    return Some(trace);
-                }
-            }
-            "request_id" if !value.is_empty() => request_id = Some(value),
-            _ => {}
-        }
-    }
-    request_id
-}
-
-/// The `traceparent` of a statement's trailing sqlcommenter comment, as (trace id, parent
-/// span id) in lowercase hex: the application span that issued the statement.
-pub fn sqlcommenter_traceparent(sql: &str) -> Option<(String, String)> {
-    let (_, comment) = split_trailing_comment(sql);
-    sqlcommenter_pairs(comment?)
-        .filter(|(key, _)| *key == "traceparent")
-        .find_map(|(_, value)| match traceparent(&value)? {
-            (trace, Some(span)) => Some((trace, span)),
-            _ => None,
-        })
-}
-
-fn percent_decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(s)
-        .decode_utf8_lossy()
-        .into_owned()
-}
-
-/// Splits off a trailing comment (sqlcommenter's place) and the `;`/whitespace around it,
-/// so statements that differ only in their tag share one cached analysis.
-/// Returns `(body, trailing_comment_body)`.
-pub fn split_trailing_comment(sql: &str) -> (&str, Option<&str>) {
-    let trimmed = sql.trim_end_matches(|c: char| c.is_whitespace() || c == ';');
-    if let Some(inner) = trimmed.strip_suffix("*/") {
-        if let Some(open) = inner.rfind("/*") {
-            // Only a plain trailing comment; nested or unterminated forms are left whole.
-            let body = inner.get(open + 2..).unwrap_or_default();
-            if !body.contains("/*") && !body.contains("*/") {
-                return (sql.get(..open).unwrap_or(sql), Some(body));
-            }
-        }
-    }
-    (sql, None)
-}
-
-/// Quotes an identifier for SQL.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// The text appended to a write so it returns its before image, after image and
-/// `tableoid` (when `returning` says it is needed; else `NULL`). `pk` is the table's
-/// primary key (empty when it has none); `returning.old_new` selects the exact `old`/`new`
-/// form. The images are `to_json` documents: PostgreSQL writes them straight to text,
-/// where `to_jsonb` built a binary document, sorted its keys and printed it again (about
-/// 5 µs more per row, `bench/capture-sql.sh`). Returns the text and, when the before image
-/// cannot be taken, why.
-pub fn appendix(
-    write: &Write,
-    pk: &[String],
-    returning: crate::capture::plan::Returning,
-) -> (String, Option<GapReason>) {
-    let r = &write.refname;
-    let mut note = None;
-    let (before, after) = if returning.old_new && !write.shadows_old_new {
-        (
-            "pg_catalog.to_json(old.*)".to_string(),
-            "pg_catalog.to_json(new.*)".to_string(),
-        )
-    } else {
-        let after = format!("pg_catalog.to_json({r}.*)");
-        match write.op {
-            WriteOp::Insert => ("NULL::pg_catalog.json".to_string(), after),
-            WriteOp::Delete => (after, "NULL::pg_catalog.json".to_string()),
-            WriteOp::Update | WriteOp::Upsert => {
-                let before = if pk.is_empty() {
-                    note = Some(GapReason::NoBeforeImage("table has no primary key".into()));
-                    "NULL::pg_catalog.json".to_string()
-                } else if write.op == WriteOp::Update
-                    && write.assigned.iter().any(|c| pk.contains(c))
-                {
-                    note = Some(GapReason::NoBeforeImage(
-                        "UPDATE changes a primary-key column".into(),
-                    ));
-                    "NULL::pg_catalog.json".to_string()
-                } else {
-                    snapshot_subquery(&write.table_sql, r, pk)
-                };
-                (before, after)
-            }
-        }
-    };
-    let mut text = String::with_capacity(128);
-    text.push_str(if write.has_returning {
-        ", "
-    } else {
-        " RETURNING "
-    });
-    let _ = if returning.table_oid {
-        write!(
-            text,
-            "{before} AS __flux_b, {after} AS __flux_a, {r}.tableoid AS __flux_t"
-        )
-    } else {
-        write!(
-            text,
-            "{before} AS __flux_b, {after} AS __flux_a, NULL::pg_catalog.oid AS __flux_t"
-        )
-    };
-    (text, note)
-}
-
-/// Reads the row as the statement's snapshot saw it, i.e. before the statement.
-fn snapshot_subquery(table_sql: &str, refname: &str, pk: &[String]) -> String {
-    let cols = |prefix: &str| {
-        pk.iter()
-            .map(|c| format!("{prefix}.{}", quote_ident(c)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    format!(
-        "(SELECT pg_catalog.to_json(__flux_o.*) FROM {table_sql} __flux_o WHERE ({}) = ({}))",
-        cols("__flux_o"),
-        cols(refname)
-    )
 }
 
 #[cfg(test)]
@@ -1122,76 +807,6 @@ mod tests {
             } if s == "TRUNCATE"
         ));
         assert!(matches!(kinds[9], Kind::Unimaged { .. }));
-    }
-
-    #[test]
-    fn appendix_forms() {
-        use crate::capture::plan::Returning;
-        let pg15 = Returning {
-            old_new: false,
-            table_oid: true,
-        };
-        let pg18 = Returning {
-            old_new: true,
-            table_oid: false,
-        };
-        let (w, _) = write("UPDATE public.users u SET name = 'x' FROM t WHERE u.id = t.id");
-        assert_eq!(w.table, ["public", "users"]);
-        let (text, note) = appendix(&w, &["id".into()], pg15);
-        assert_eq!(note, None);
-        assert_eq!(
-            text,
-            " RETURNING (SELECT pg_catalog.to_json(__flux_o.*) FROM public.users __flux_o WHERE (__flux_o.\"id\") = (u.\"id\")) AS __flux_b, pg_catalog.to_json(u.*) AS __flux_a, u.tableoid AS __flux_t"
-        );
-        let (text, _) = appendix(&w, &["id".into()], pg18);
-        assert_eq!(
-            text,
-            " RETURNING pg_catalog.to_json(old.*) AS __flux_b, pg_catalog.to_json(new.*) AS __flux_a, NULL::pg_catalog.oid AS __flux_t"
-        );
-        let (w, _) = write("UPDATE users SET id = 2 WHERE id = 1");
-        assert!(appendix(&w, &["id".into()], pg15).1.is_some());
-        let (w, _) = write("DELETE FROM users WHERE id = 1 RETURNING id");
-        let (text, _) = appendix(&w, &[], pg15);
-        assert!(
-            text.starts_with(", pg_catalog.to_json(users.*) AS __flux_b, NULL::pg_catalog.json")
-        );
-        let (w, _) = write("INSERT INTO t (a) VALUES (1) ON CONFLICT (a) DO UPDATE SET b = 2");
-        assert_eq!(w.op, WriteOp::Upsert);
-    }
-
-    #[test]
-    fn sqlcommenter_values_are_url_decoded() {
-        assert_eq!(
-            sqlcommenter_request_id("action='checkout',request_id='abc%2F1%27x'").as_deref(),
-            Some("abc/1'x")
-        );
-        assert_eq!(sqlcommenter_request_id("route='/x'"), None);
-        // OpenTelemetry's Python dbapi commenter leaves numbers unquoted.
-        assert_eq!(
-            sqlcommenter_request_id(
-                "db_driver='psycopg2%3A2.9.13',dbapi_threadsafety=2,libpq_version=170011,traceparent='00-7b955f7cb81c62aba4e8984f594ed634-12ff9757afb2939b-03'"
-            )
-            .as_deref(),
-            Some("7b955f7cb81c62aba4e8984f594ed634")
-        );
-        assert_eq!(
-            sqlcommenter_traceparent(
-                "SELECT 1 /*db_driver='psycopg2',traceparent='00-4bf92f3577b34da6a3ce929d0e0e4736-00F067AA0BA902B7-01'*/"
-            ),
-            Some((
-                "4bf92f3577b34da6a3ce929d0e0e4736".to_string(),
-                "00f067aa0ba902b7".to_string()
-            ))
-        );
-        assert_eq!(
-            sqlcommenter_traceparent("SELECT 1 /*traceparent='00-zz-1-01'*/"),
-            None
-        );
-        assert_eq!(sqlcommenter_traceparent("SELECT 1"), None);
-        let (body, comment) = split_trailing_comment("SELECT 1 /*request_id='a'*/ ;\n");
-        assert_eq!(body, "SELECT 1 ");
-        assert_eq!(comment, Some("request_id='a'"));
-        assert_eq!(split_trailing_comment("SELECT 1").1, None);
     }
 
     #[test]
