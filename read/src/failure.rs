@@ -8,12 +8,21 @@
 //! refused card): that is OpenTelemetry's convention for server spans, and what `flux
 //! tail` always showed. A request without an HTTP status (database only) fails only by
 //! its spans.
+//!
+//! Succeeding is a separate fact ([`success_status`]): 2xx and 3xx.
 
 use flux_store::model::{RequestSummary, Span};
 
 /// Whether an HTTP status is a server error (the request failed).
 pub fn failed_status(status: u16) -> bool {
     status >= 500
+}
+
+/// Whether an HTTP status is a success (2xx, 3xx). Not the opposite of failed: a 4xx
+/// neither failed nor succeeded. Bisect asks for success of a commit that should behave as
+/// a good one did, and a passing request is taken as a reference only when it succeeded.
+pub fn success_status(status: u16) -> bool {
+    (200..400).contains(&status)
 }
 
 /// Whether an HTTP answer failed: a server error, or no answer at all.

@@ -93,6 +93,7 @@ fn latest_passing(
             && r.name == failed.name
             && r.method == failed.method
             && !crate::failure::request_failed(r)
+            && r.status.is_none_or(crate::failure::success_status)
     }))
 }
 

@@ -256,7 +256,9 @@ pub async fn test_commit(state: &StepState, worktree: &Path) -> Result<Tested, B
             source: e,
         })
     })?;
-    let passing = !r.verdict.failing();
+    // A commit passes when the request succeeds (a 4xx where the good end answered 2xx
+    // is a regression even though the request did not fail).
+    let passing = !r.verdict.failing() && r.status.is_some_and(flux_read::failure::success_status);
     let cause = match &r.verdict {
         VerdictView::StillFailing { cause } | VerdictView::NowFailing { cause } => {
             Some(cause.clone())
@@ -696,7 +698,7 @@ pub fn default_good(
             continue;
         };
         let same_route = x.method == exchange.method && x.target.split('?').next() == Some(path);
-        let passed = !flux_read::failure::answer_failed(x.status)
+        let passed = x.status.is_some_and(flux_read::failure::success_status)
             && !flux_read::failure::request_failed(summary);
         if !same_route || !passed {
             continue;

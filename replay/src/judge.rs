@@ -191,6 +191,12 @@ pub fn compare(original: &Outcome, replay: &Outcome, ignore: &Ignore) -> Compari
         values: (noise_values(original, ignore), noise_values(replay, ignore)),
         windows: original.window.zip(replay.window),
     };
+    // The answer's status is output like the rest: 201 → 422 is a difference.
+    if let (Some(a), Some(b)) = (original.status, replay.status) {
+        if a != b {
+            walk.differ(format!("status {a} → {b}"));
+        }
+    }
     let n = original.writes.len().max(replay.writes.len());
     for i in 0..n {
         match (original.writes.get(i), replay.writes.get(i)) {
@@ -385,6 +391,14 @@ mod tests {
         assert!(outcome(404, vec![], None).passing());
         assert!(!outcome(502, vec![], None).passing());
         assert!(outcome(302, vec![], None).passing());
+        // A status that changed is a difference even where neither failed.
+        assert_eq!(
+            judge(&outcome(201, vec![], None), &outcome(422, vec![], None), &none).0,
+            Verdict::Passing {
+                was: None,
+                differs: Some("status 201 → 422".into())
+            }
+        );
     }
 
     #[test]
