@@ -393,7 +393,12 @@ mod tests {
         assert!(outcome(302, vec![], None).passing());
         // A status that changed is a difference even where neither failed.
         assert_eq!(
-            judge(&outcome(201, vec![], None), &outcome(422, vec![], None), &none).0,
+            judge(
+                &outcome(201, vec![], None),
+                &outcome(422, vec![], None),
+                &none
+            )
+            .0,
             Verdict::Passing {
                 was: None,
                 differs: Some("status 201 → 422".into())
