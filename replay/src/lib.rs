@@ -1,8 +1,11 @@
 //! `flux-replay`: sending recorded requests to current code, and judging the result.
 //!
-//! - [`run`]: the driver behind `flux incident replay`, using the parts below.
+//! - [`run`]: the driver behind `flux incident replay`, using the parts below: which
+//!   requests ([`select`]), the scratch database ([`scratch`]), sending them again
+//!   ([`send`]), and what the run reports ([`report`]). Its services (proxy, recorder,
+//!   OTLP receiver, gateway) are `flux-service`'s, as `flux proxy`'s are.
 //! - [`bisect`]: `flux bug bisect`, git's bisect in a temporary worktree ([`git`]) with a
-//!   replay of the request judging each commit.
+//!   replay of the request judging each commit by its [`criterion`].
 //! - [`app`]: the app under replay, started in its own process group and always stopped.
 //! - [`isolation`]: the network namespace the app runs in, where every outbound
 //!   connection goes to the stub, and [`dns`]: its resolver (every name resolves).
@@ -30,6 +33,10 @@ pub mod isolation;
 pub mod judge;
 pub mod noise;
 pub mod outbound;
+pub mod report;
 pub mod restore;
 pub mod run;
+pub mod scratch;
+pub mod select;
+pub mod send;
 pub mod stub;
