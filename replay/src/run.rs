@@ -527,7 +527,7 @@ impl Services {
                     source: std::io::Error::other(other),
                 },
             })?;
-        let (Some(store), Some(otlp)) = (inner.store().cloned(), inner.otlp) else {
+        let (Some(store), Some(otlp)) = (inner.store(), inner.otlp) else {
             return Err(ReplayError::Io {
                 what: "starting the replay's recorder".into(),
                 source: std::io::Error::other("no store or OTLP receiver"),

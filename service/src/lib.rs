@@ -85,9 +85,11 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServiceError {
     move |source| ServiceError::Io { what, source }
 }
 
-/// The recorder's parts, when recording.
+/// The recorder's parts, when recording. The store is reached through the writer's slot,
+/// never held: after a failed write (a full disk) the writer reopens the store once nobody
+/// else holds it.
 struct Recorder {
-    store: Arc<Store>,
+    data_dir: PathBuf,
     writer: Writer,
     sink: Arc<StoreSink>,
     spans: Arc<SpanWriter>,
@@ -145,7 +147,7 @@ impl Services {
         if let Some(r) = &services.recorder {
             sources.capture = Some(r.sink.stats.clone());
             sources.writer = Some(r.writer.handle().stats().clone());
-            sources.store_dir = Some(r.store.path().to_path_buf());
+            sources.store_dir = Some(r.data_dir.clone());
         }
         if let Some(addr) = config.otlp {
             let spans = match &services.recorder {
@@ -268,9 +270,10 @@ impl Services {
         Ok(local)
     }
 
-    /// The store being recorded into.
-    pub fn store(&self) -> Option<&Arc<Store>> {
-        self.recorder.as_ref().map(|r| &r.store)
+    /// The store being recorded into (`None` while the writer reopens it). Hold it only
+    /// briefly: a held store cannot be reopened after a failed write.
+    pub fn store(&self) -> Option<Arc<Store>> {
+        self.recorder.as_ref()?.writer.handle().slot().get()
     }
 
     /// Cancelling it stops every service (as [`stop`](Self::stop) does).
@@ -335,7 +338,7 @@ fn recorder(record: &Record) -> Result<Recorder, ServiceError> {
         }
     })?);
     let writer = Writer::start(
-        store.clone(),
+        store,
         WriterConfig {
             durability: record.durability,
             ..WriterConfig::default()
@@ -364,7 +367,7 @@ fn recorder(record: &Record) -> Result<Recorder, ServiceError> {
     }
     let spans = Arc::new(SpanWriter::new(writer.handle()).with_redaction(record.redact.clone()));
     Ok(Recorder {
-        store,
+        data_dir: record.data_dir.clone(),
         sink: Arc::new(sink),
         spans,
         writer,
