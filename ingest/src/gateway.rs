@@ -14,16 +14,14 @@
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use flux_store::{Exchange, Nanos, Span, SpanKind, SpanSource};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use flux_store::{Exchange, Span, SpanKind, SpanSource};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -33,6 +31,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::headers::{connection_tokens, forward_headers, recorded, strip_hop_by_hop};
+use crate::tee::{BodyCopy, Captured, Tee};
+use flux_store::nanos;
 
 /// The default limit on each recorded body: 1 MiB.
 pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
@@ -150,54 +152,6 @@ pub async fn serve(
     tasks.wait().await;
 }
 
-/// Headers that describe one hop, not the request (RFC 9110 §7.6.1): never forwarded
-/// as they came, never recorded.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-];
-
-fn is_hop_by_hop(name: &HeaderName, connection: &[String]) -> bool {
-    HOP_BY_HOP.contains(&name.as_str())
-        || name == header::UPGRADE
-        || connection.iter().any(|c| c == name.as_str())
-}
-
-/// The header names a `Connection` header lists (they are hop-by-hop too).
-fn connection_tokens(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect()
-}
-
-/// Headers as recorded: hop-by-hop ones left out, redacted ones replaced.
-fn recorded(headers: &HeaderMap, redact: &HashSet<String>) -> Vec<(String, String)> {
-    let connection = connection_tokens(headers);
-    headers
-        .iter()
-        .filter(|(name, _)| !is_hop_by_hop(name, &connection))
-        .map(|(name, value)| {
-            let value = if redact.contains(name.as_str()) {
-                "<redacted>".to_string()
-            } else {
-                String::from_utf8_lossy(value.as_bytes()).into_owned()
-            };
-            (name.as_str().to_string(), value)
-        })
-        .collect()
-}
-
 /// The trace this request belongs to: the caller's `traceparent` (trace id, the caller's
 /// span as the gateway span's parent, its flags) when well-formed, else a new sampled one.
 fn trace_context(headers: &HeaderMap) -> (String, Option<String>, String) {
@@ -246,12 +200,6 @@ pub fn random_hex(n: usize) -> String {
             return bytes.iter().map(|b| format!("{b:02x}")).collect();
         }
     }
-}
-
-fn nanos(t: SystemTime) -> Nanos {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as Nanos)
-        .unwrap_or(0)
 }
 
 /// What the gateway knows of an exchange until its response ends. Recorded exactly once:
@@ -356,95 +304,6 @@ fn empty_exchange() -> Exchange {
         response_body: Vec::new(),
         response_complete: false,
         error: None,
-    }
-}
-
-/// Up to `limit` bytes of a body, and whether that is all of it.
-#[derive(Debug, Default)]
-struct Captured {
-    bytes: Vec<u8>,
-    limit: usize,
-    over: bool,
-    complete: bool,
-}
-
-impl Captured {
-    fn new(limit: usize) -> Self {
-        Self {
-            limit,
-            ..Default::default()
-        }
-    }
-
-    fn push(&mut self, data: &[u8]) {
-        let room = self.limit.saturating_sub(self.bytes.len());
-        if data.len() > room {
-            self.over = true;
-        }
-        self.bytes
-            .extend_from_slice(data.get(..room.min(data.len())).unwrap_or_default());
-    }
-
-    fn end(&mut self) {
-        self.complete = !self.over;
-    }
-}
-
-/// A body on its way through the gateway, copied (up to the limit) as it streams.
-struct Tee<C: BodyCopy> {
-    inner: Incoming,
-    copy: C,
-}
-
-/// What a [`Tee`] does with what passes through it.
-trait BodyCopy: Send + Unpin {
-    /// A data frame passed.
-    fn data(&mut self, data: &[u8]);
-    /// The body ended: whole (`None`), or broken off (`Some(the error)`).
-    fn ended(&mut self, error: Option<String>);
-    /// The tee was dropped; `at_end` when its body had been read to the end.
-    fn dropped(&mut self, at_end: bool);
-}
-
-impl<C: BodyCopy> Body for Tee<C> {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.copy.data(data);
-                }
-                if this.inner.is_end_stream() {
-                    this.copy.ended(None);
-                }
-            }
-            Poll::Ready(None) => this.copy.ended(None),
-            Poll::Ready(Some(Err(e))) => this.copy.ended(Some(e.to_string())),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl<C: BodyCopy> Drop for Tee<C> {
-    fn drop(&mut self) {
-        let at_end = self.inner.is_end_stream();
-        self.copy.dropped(at_end);
     }
 }
 
@@ -642,40 +501,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap, connection: &[String]) {
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n, connection))
-        .cloned()
-        .collect();
-    for n in names {
-        headers.remove(&n);
-    }
-}
-
-/// The headers the app gets: hop-by-hop ones removed, the trace context continued with
-/// the gateway span as parent, the client's address appended to `X-Forwarded-For`.
-fn forward_headers(
-    headers: &mut HeaderMap,
-    connection: &[String],
-    trace: &str,
-    span_id: &str,
-    flags: &str,
-    peer: SocketAddr,
-) {
-    strip_hop_by_hop(headers, connection);
-    if let Ok(v) = HeaderValue::from_str(&format!("00-{trace}-{span_id}-{flags}")) {
-        headers.insert("traceparent", v);
-    }
-    let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        headers.insert("x-forwarded-for", v);
-    }
 }
 
 /// An upgrade (WebSocket): forwarded with its `Connection`/`Upgrade` headers, then the
