@@ -81,3 +81,48 @@ pub fn is_timeout(text: &str) -> bool {
     .iter()
     .any(|w| lower.contains(w))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(status: Option<u16>, error: Option<&str>) -> RequestSummary {
+        RequestSummary {
+            id: "r".into(),
+            method: status.map(|_| "GET".into()),
+            path: None,
+            status,
+            start: 0,
+            duration: 1,
+            error: error.map(str::to_string),
+            service: None,
+            name: "GET /users/{id}".into(),
+            spans: 1,
+            app: true,
+        }
+    }
+
+    #[test]
+    fn one_definition_of_failed_and_succeeded() {
+        // A 404 is the app working: not failed for tail, replay's selection or its judge.
+        assert!(!request_failed(&summary(Some(404), None)));
+        assert!(!answer_failed(Some(404)));
+        // A server error, a recorded root cause, no answer at all: failed.
+        assert!(request_failed(&summary(Some(502), None)));
+        assert!(request_failed(&summary(
+            Some(200),
+            Some("POST /charge timeout after 1s")
+        )));
+        assert!(answer_failed(None));
+        // A database-only request fails only by its spans.
+        assert!(!request_failed(&summary(None, None)));
+        // Succeeding is its own fact: a 4xx neither failed nor succeeded.
+        assert!(success_status(201) && success_status(302));
+        assert!(!success_status(404) && !success_status(500));
+        assert!(is_timeout(
+            "requests.exceptions.ReadTimeout: Read timed out."
+        ));
+        assert!(is_timeout("ETIMEDOUT") && is_timeout("DEADLINE_EXCEEDED"));
+        assert!(!is_timeout("connection refused"));
+    }
+}
