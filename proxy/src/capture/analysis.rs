@@ -704,10 +704,11 @@ fn role_change(real: &[&Token], words: &Words, text: &str) -> Option<RoleChange>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn write(sql: &str) -> (Write, usize) {
+    /// The one write `sql` holds, and where its `RETURNING` goes.
+    pub(crate) fn write(sql: &str) -> (Write, usize) {
         let a = analyze(sql);
         match a.steps.as_slice() {
             [Step {

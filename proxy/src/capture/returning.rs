@@ -101,19 +101,7 @@ fn snapshot_subquery(table_sql: &str, refname: &str, pk: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::analysis::{analyze, Kind, Step};
-
-    fn write(sql: &str) -> (Write, usize) {
-        let a = analyze(sql);
-        match a.steps.as_slice() {
-            [Step {
-                kind: Kind::Write(w),
-                insert_at,
-                ..
-            }] => (w.clone(), *insert_at),
-            other => panic!("not one write: {other:?}"),
-        }
-    }
+    use crate::capture::analysis::tests::write;
 
     #[test]
     fn appendix_forms() {
