@@ -2,25 +2,17 @@
 //!
 //! [`analyze`] splits a SQL string (a simple query may hold several statements) with
 //! `sqlparser`'s tokenizer, parses each statement, and says what it is: a write the proxy
-//! can image, a transaction-control statement, a request-id `SET`, or something to pass by.
-//! For a write, [`appendix`] builds the text appended to it: capture expressions added to
-//! the statement's own `RETURNING` list, or a `RETURNING` clause when it has none. The
-//! original text is only ever appended to, never re-printed from the AST, so what the
-//! server parses is the app's statement plus our suffix.
+//! can image, a transaction-control statement, a request-id `SET`, or something to pass by
+//! ([`crate::capture::classify`]), and the role changes it makes. What is appended to a
+//! write is [`crate::capture::returning`]'s.
 
-use sqlparser::ast::{
-    self, AssignmentTarget, FromTable, ObjectName, OnConflictAction, OnInsert, SetExpr, Statement,
-    TableFactor, TableObject,
-};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer, Whitespace};
 
 pub use crate::capture::event::GapReason;
-use crate::capture::names::{ident, last_part_sql, name_parts};
 use crate::capture::request_id::{
-    is_request_setting, literal_string, set_config_call, sqlcommenter_request_id, SetConfigValue,
-    SetRequest, REQUEST_ID_SETTING,
+    set_config_call, sqlcommenter_request_id, SetConfigValue, SetRequest, REQUEST_ID_SETTING,
 };
 pub use crate::capture::role::RoleChange;
 
@@ -199,7 +191,7 @@ pub fn analyze(sql: &str) -> Analysis {
             // By keyword first: sqlparser does not know every DDL form (CREATE RULE), and
             // DML nested in one (a rule's actions, a function body) must stay untouched.
             (Some(kind), _) => kind,
-            (None, Ok(statement)) => classify(statement),
+            (None, Ok(statement)) => crate::capture::classify::classify(statement),
             (None, Err(_)) => unparsed(text),
         };
         steps.push(Step {
@@ -360,244 +352,6 @@ impl<'a> LineOffsets<'a> {
             Some((i, _)) => Some(line_start + i),
             None => Some(self.sql.len()),
         }
-    }
-}
-
-fn column_of(target: &ObjectName) -> Option<String> {
-    name_parts(target).pop()
-}
-
-fn assigned_columns(assignments: &[ast::Assignment]) -> Vec<String> {
-    let mut out = Vec::new();
-    for a in assignments {
-        match &a.target {
-            AssignmentTarget::ColumnName(n) => out.extend(column_of(n)),
-            AssignmentTarget::Tuple(ns) => out.extend(ns.iter().filter_map(column_of)),
-        }
-    }
-    out
-}
-
-/// A write on `name` (aliased `alias`) as capture sees it.
-fn write_kind(
-    op: WriteOp,
-    name: &ObjectName,
-    alias: Option<&ast::Ident>,
-    has_returning: bool,
-    assigned: Vec<String>,
-) -> Kind {
-    Kind::Write(Write {
-        op,
-        table: name_parts(name),
-        table_sql: name.to_string(),
-        refname: alias.map_or_else(|| last_part_sql(name), |a| a.to_string()),
-        has_returning,
-        assigned,
-        shadows_old_new: alias.is_some_and(is_old_new),
-    })
-}
-
-fn is_old_new(alias: &ast::Ident) -> bool {
-    let a = ident(alias);
-    a == "old" || a == "new"
-}
-
-/// What a parsed statement is, for capture.
-pub fn classify(statement: &Statement) -> Kind {
-    match statement {
-        Statement::Insert(insert) => {
-            let TableObject::TableName(name) = &insert.table else {
-                return Kind::Unimaged {
-                    table: None,
-                    reason: GapReason::Statement("INSERT into a table function".into()),
-                };
-            };
-            let (op, assigned) = match &insert.on {
-                None => (WriteOp::Insert, Vec::new()),
-                Some(OnInsert::OnConflict(c)) => match &c.action {
-                    OnConflictAction::DoNothing => (WriteOp::Upsert, Vec::new()),
-                    OnConflictAction::DoUpdate(u) => {
-                        (WriteOp::Upsert, assigned_columns(&u.assignments))
-                    }
-                },
-                Some(_) => {
-                    return Kind::Unimaged {
-                        table: Some(name_parts(name).join(".")),
-                        reason: GapReason::Statement("INSERT form not supported by PostgreSQL".into()),
-                    }
-                }
-            };
-            let alias = insert.table_alias.as_ref().map(|a| &a.alias);
-            write_kind(op, name, alias, insert.returning.is_some(), assigned)
-        }
-        Statement::Update(update) => {
-            let TableFactor::Table { name, alias, .. } = &update.table.relation else {
-                return Kind::Unimaged {
-                    table: None,
-                    reason: GapReason::Statement("UPDATE of something other than a table".into()),
-                };
-            };
-            if !update.table.joins.is_empty() {
-                return Kind::Unimaged {
-                    table: Some(name_parts(name).join(".")),
-                    reason: GapReason::Statement("UPDATE with joins".into()),
-                };
-            }
-            let alias = alias.as_ref().map(|a| &a.name);
-            write_kind(
-                WriteOp::Update,
-                name,
-                alias,
-                update.returning.is_some(),
-                assigned_columns(&update.assignments),
-            )
-        }
-        Statement::Delete(delete) => {
-            let from = match &delete.from {
-                FromTable::WithFromKeyword(f) | FromTable::WithoutKeyword(f) => f,
-            };
-            let target = match (from.as_slice(), delete.tables.as_slice()) {
-                ([one], []) if one.joins.is_empty() => &one.relation,
-                _ => {
-                    return Kind::Unimaged {
-                        table: None,
-                        reason: GapReason::Statement("DELETE from several tables".into()),
-                    }
-                }
-            };
-            let TableFactor::Table { name, alias, .. } = target else {
-                return Kind::Unimaged {
-                    table: None,
-                    reason: GapReason::Statement("DELETE from something other than a table".into()),
-                };
-            };
-            let alias = alias.as_ref().map(|a| &a.name);
-            write_kind(
-                WriteOp::Delete,
-                name,
-                alias,
-                delete.returning.is_some(),
-                Vec::new(),
-            )
-        }
-        Statement::Query(q) => {
-            if matches!(
-                q.body.as_ref(),
-                SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)
-            ) || q.with.as_ref().is_some_and(|w| {
-                w.cte_tables.iter().any(|c| {
-                    matches!(
-                        c.query.body.as_ref(),
-                        SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_)
-                    )
-                })
-            }) {
-                Kind::Unimaged {
-                    table: None,
-                    reason: GapReason::Statement("data-modifying statement inside WITH".into()),
-                }
-            } else {
-                Kind::Other
-            }
-        }
-        Statement::Merge(_) => Kind::Unimaged {
-            table: None,
-            reason: GapReason::Statement("MERGE".into()),
-        },
-        Statement::Truncate(t) => Kind::Unimaged {
-            table: t.table_names.first().map(|n| name_parts(&n.name).join(".")),
-            reason: GapReason::Statement("TRUNCATE".into()),
-        },
-        Statement::Copy {
-            source: ast::CopySource::Table { table_name, .. },
-            to: false,
-            ..
-        } => Kind::Unimaged {
-            table: Some(name_parts(table_name).join(".")),
-            reason: GapReason::Statement("COPY FROM".into()),
-        },
-        Statement::StartTransaction { .. } => Kind::Begin,
-        Statement::Commit { .. } => Kind::Commit,
-        Statement::Rollback { savepoint, .. } => match savepoint {
-            Some(s) => Kind::RollbackTo(ident(s)),
-            None => Kind::Rollback,
-        },
-        Statement::Savepoint { name } => Kind::Savepoint(ident(name)),
-        Statement::ReleaseSavepoint { name } => Kind::Release(ident(name)),
-        Statement::Set(ast::Set::SingleAssignment {
-            scope,
-            variable,
-            values,
-            ..
-        }) if is_request_setting(variable) => Kind::SetRequest(SetRequest {
-            local: matches!(scope, Some(ast::ContextModifier::Local)),
-            value: match values.as_slice() {
-                [v] => literal_string(v),
-                _ => None,
-            },
-            param: None,
-        }),
-        Statement::Reset(r) => match &r.reset {
-            ast::Reset::ALL => Kind::SetRequest(SetRequest {
-                local: false,
-                value: None,
-                param: None,
-            }),
-            ast::Reset::ConfigurationParameter(n) if is_request_setting(n) => {
-                Kind::SetRequest(SetRequest {
-                    local: false,
-                    value: None,
-                    param: None,
-                })
-            }
-            _ => Kind::Other,
-        },
-        Statement::Discard { object_type } if object_type.to_string() == "ALL" => Kind::DiscardAll,
-        Statement::Prepare {
-            name, statement, ..
-        } => Kind::Prepare {
-            name: ident(name),
-            write: match classify(statement) {
-                Kind::Write(w) => Some(Some(w.table.join("."))),
-                Kind::Unimaged { table, .. } => Some(table),
-                _ => None,
-            },
-        },
-        Statement::Execute {
-            name: Some(name),
-            immediate: false,
-            ..
-        } => Kind::Execute(name_parts(name).join(".")),
-        Statement::Deallocate { name, .. } => {
-            let name = ident(name);
-            Kind::Deallocate((name != "all").then_some(name))
-        }
-        Statement::Explain {
-            analyze,
-            statement,
-            options,
-            ..
-        } if *analyze
-            || options.iter().flatten().any(|o| {
-                ident(&o.name).starts_with("analy")
-                    && !matches!(&o.arg, Some(e) if e.to_string().eq_ignore_ascii_case("false") || e.to_string().eq_ignore_ascii_case("off"))
-            }) =>
-        {
-            match classify(statement) {
-            Kind::Write(w) => Kind::Unimaged {
-                table: Some(w.table.join(".")),
-                reason: GapReason::Statement("EXPLAIN ANALYZE of a write".into()),
-            },
-            Kind::Unimaged { table, .. } => Kind::Unimaged {
-                table,
-                reason: GapReason::Statement("EXPLAIN ANALYZE of a write".into()),
-            },
-            _ => Kind::Other,
-            }
-        }
-        // DDL is recognised by its first keyword before a statement is parsed
-        // (`Words::catalog_statement`), so it never reaches here.
-        _ => Kind::Other,
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! - [`event`]: what capture reports ([`CaptureEvent`], typed [`GapReason`]s) and the
 //!   [`EventSink`] that takes it.
-//! - [`analysis`]: what each statement of a string is (`sqlparser`).
+//! - [`analysis`]: a string's statements and their role changes (`sqlparser`), with
+//!   [`classify`]: what each parsed statement is.
 //! - [`names`]: SQL names as PostgreSQL folds them.
 //! - [`request_id`]: which request a statement belongs to (sqlcommenter, `SET`,
 //!   `set_config`).
@@ -20,6 +21,7 @@
 
 pub mod analysis;
 pub mod catalog;
+pub mod classify;
 pub mod event;
 pub(crate) mod layer;
 pub mod names;
