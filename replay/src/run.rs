@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flux_store::{Store, StoreError};
-use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, AppError};
 use crate::config::Config;
@@ -257,10 +256,10 @@ pub async fn replay(
     })?;
     if let Some(sb) = &sandbox {
         sb.prepare(
-            &[services.proxy, services.otlp],
+            &[services.inner.proxy, services.otlp],
             port,
             names,
-            &services.shutdown,
+            &services.inner.shutdown(),
         )?;
     }
 
@@ -485,10 +484,7 @@ struct Services {
     inner: flux_service::Services,
     store: Arc<Store>,
     otlp: SocketAddr,
-    /// The replay proxy's address.
-    proxy: SocketAddr,
     database_url: String,
-    shutdown: CancellationToken,
 }
 
 impl Services {
@@ -536,9 +532,7 @@ impl Services {
         Ok(Services {
             store,
             otlp,
-            proxy: inner.proxy,
             database_url: via_proxy(scratch, inner.proxy),
-            shutdown: inner.shutdown(),
             inner,
         })
     }

@@ -85,6 +85,20 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServiceError {
     move |source| ServiceError::Io { what, source }
 }
 
+/// A listener on `addr` for `what`, and the address it got.
+async fn bind(
+    addr: SocketAddr,
+    what: &str,
+) -> Result<(tokio::net::TcpListener, SocketAddr), ServiceError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(io(format!("binding {what} on {addr}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(io(format!("reading the address of {what}")))?;
+    Ok((listener, local))
+}
+
 /// The recorder's parts, when recording. The store is reached through the writer's slot,
 /// never held: after a failed write (a full disk) the writer reopens the store once nobody
 /// else holds it.
@@ -154,12 +168,7 @@ impl Services {
                 Some(r) => r.spans.clone(),
                 None => return Err(ServiceError::NeedsRecord("--otlp")),
             };
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(io(format!("binding the OTLP receiver on {addr}")))?;
-            let local = listener
-                .local_addr()
-                .map_err(io("reading the OTLP address"))?;
+            let (listener, local) = bind(addr, "the OTLP receiver").await?;
             tracing::info!("receiving OTLP/HTTP traces on http://{local}/v1/traces");
             let stats = Arc::new(flux_ingest::http::OtlpStats::default());
             sources.otlp = Some(stats.clone());
@@ -193,12 +202,7 @@ impl Services {
             .map_err(io("reading the proxy's address"))?;
         sources.proxy = Some(proxy.stats());
         if let Some(addr) = config.admin {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(io(format!("binding the admin endpoint on {addr}")))?;
-            let local = listener
-                .local_addr()
-                .map_err(io("reading the admin address"))?;
+            let (listener, local) = bind(addr, "the admin endpoint").await?;
             tracing::info!("serving metrics on http://{local}/metrics (and /healthz, /readyz)");
             let readiness = flux_admin::Readiness {
                 upstream,
@@ -251,12 +255,7 @@ impl Services {
             Some(r) => r.sink.clone(),
             None => return Err(ServiceError::NeedsRecord("--http-listen")),
         };
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(io(format!("binding the HTTP gateway on {addr}")))?;
-        let local = listener
-            .local_addr()
-            .map_err(io("reading the gateway's address"))?;
+        let (listener, local) = bind(addr, "the HTTP gateway").await?;
         tracing::info!(upstream = %config.upstream, "recording HTTP requests on http://{local}");
         let stop = self.shutdown.clone();
         self.tasks.push((

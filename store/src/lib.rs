@@ -6,6 +6,7 @@
 //! - [`layout`]: the column families.
 //! - [`compaction`]: compaction filters dropping unowned records past retention.
 //! - [`keys`]: order-preserving key encodings.
+//! - [`error`]: store failures; private data dirs.
 //! - [`db`]: the RocksDB layout, writing batches, reading as a live secondary.
 //! - [`writer`]: the batched writer thread behind a bounded channel, with durability modes.
 //! - [`query`]: row history and a request's changes, each with its outcome.
@@ -26,6 +27,7 @@
 
 pub mod compaction;
 pub mod db;
+pub mod error;
 pub mod keys;
 pub mod layout;
 pub mod query;

@@ -235,13 +235,8 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         reject_on_store_failure: args.on_store_failure == OnStoreFailure::Reject,
         upstream_label: Some(config.upstream.addr()),
     });
-    if args.otlp.is_some() && record.is_none() {
-        anyhow::bail!("--otlp needs capture on (a --data-dir to record the spans into)");
-    }
+    // Services that record without a store are refused by the builder.
     let gateway = match (args.http_listen, &args.http_upstream) {
-        (Some(_), _) if record.is_none() => anyhow::bail!(
-            "--http-listen needs capture on (a --data-dir to record the requests into)"
-        ),
         (Some(addr), Some(upstream)) => {
             let mut gateway = flux_ingest::gateway::GatewayConfig::new(upstream)?;
             gateway.body_limit = args.http_body_limit;
